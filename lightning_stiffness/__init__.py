@@ -1,0 +1,12 @@
+"""lightning-stiffness: measure stiffness (Fort et al. 2019, arXiv:1901.09491) while a model trains.
+
+The pipeline: probe batch → capture → per-layer Gram ``G[i, j] = g_i · g_j`` →
+stiffness analytics → render/log, with :class:`StiffnessCallback` orchestrating it inside a
+Lightning ``Trainer``.
+"""
+
+from lightning_stiffness.gram import GramResult, per_example_gram, per_example_gram_blocks
+
+__version__ = "0.1.0"
+
+__all__ = ["GramResult", "__version__", "per_example_gram", "per_example_gram_blocks"]

@@ -1,0 +1,175 @@
+"""Model inputs as a probe batch: a Tensor (``model(x)``), a tuple (``model(*x)``) or a
+Mapping (``model(**x)``, e.g. Hugging Face ``input_ids`` + ``attention_mask``).
+
+Tensors whose first dimension is the number of examples ``N`` are per-example and get sliced
+or vmapped; anything else (flags, shared tensors) is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LossFn = Callable[[Any, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ProbeBatch:
+    """Inputs and targets of ``n`` examples, in whichever structure the model takes."""
+
+    inputs: Any
+    targets: Tensor
+    n: int
+
+    @classmethod
+    def create(cls, inputs: Any, targets: Tensor) -> ProbeBatch:
+        if not isinstance(targets, Tensor):
+            raise TypeError(f"targets must be a torch.Tensor with one entry per example, got {type(targets).__name__}")
+        if targets.dim() == 0:
+            raise ValueError("targets must have one entry per example (shape (N, ...)), got a scalar tensor")
+        n = int(targets.shape[0])
+        if n == 0:
+            raise ValueError("the probe batch is empty: pass at least one example")
+        leading = _leading_sizes(inputs)
+        if not leading:
+            raise ValueError("inputs hold no tensor: pass a Tensor, a tuple of tensors or a Mapping of tensors")
+        if n not in leading:
+            raise ValueError(
+                f"inputs and targets disagree on the number of examples: targets have N={n}, "
+                f"input tensors have leading sizes {sorted(set(leading))}; the first dimension of "
+                "per-example inputs must be the example axis"
+            )
+        return cls(inputs, targets, n)
+
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> ProbeBatch:
+        """Apply ``fn`` to every tensor (inputs and targets)."""
+        return ProbeBatch(_map(self.inputs, fn), fn(self.targets), self.n)
+
+    def rows(self, start: int, stop: int) -> ProbeBatch:
+        n = self.n
+        stop = min(stop, n)
+        sliced = _map(self.inputs, lambda t: t[start:stop] if _is_per_example(t, n) else t)
+        return ProbeBatch(sliced, self.targets[start:stop], stop - start)
+
+    def in_dims(self) -> Any:
+        """``vmap`` ``in_dims`` for ``inputs``: 0 for per-example tensors, ``None`` otherwise."""
+        n = self.n
+        return _map_any(self.inputs, lambda t: 0 if _is_per_example(t, n) else None)
+
+    def device(self) -> torch.device | None:
+        for t in _tensors(self.inputs):
+            return t.device
+        return None
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Call ``model`` with ``inputs`` as the probe batch structure says."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def default_loss(outputs: Any, targets: Tensor) -> Tensor:
+    """Per-example cross-entropy on logits (``outputs`` or ``outputs.logits`` / ``outputs[0]``).
+
+    Extra dimensions (e.g. per-token classification) are summed per example.
+    """
+    logits = _logits(outputs)
+    loss = F.cross_entropy(logits, targets, reduction="none")
+    return loss.reshape(loss.shape[0], -1).sum(dim=1) if loss.dim() > 1 else loss
+
+
+def per_example_losses(loss_fn: LossFn | None, outputs: Any, targets: Tensor, n: int) -> Tensor:
+    """Evaluate the loss and check it returns one finite-shaped loss per example."""
+    loss = (loss_fn or default_loss)(outputs, targets)
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"loss_fn must return a Tensor of per-example losses, got {type(loss).__name__}")
+    if loss.dim() == 0:
+        raise ValueError(
+            "loss_fn returned a scalar: it must return per-example losses of shape (N,), e.g. "
+            "F.cross_entropy(logits, y, reduction='none')"
+        )
+    if loss.shape[0] != n or loss.numel() != n:
+        raise ValueError(f"loss_fn must return per-example losses of shape ({n},), got shape {tuple(loss.shape)}")
+    return loss.reshape(n)
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    return any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)
+
+
+def vmap_safe_inputs(model: nn.Module, batch: ProbeBatch, dtype: torch.dtype) -> ProbeBatch:
+    """Hugging Face models reject a 2-D 0/1 ``attention_mask`` under ``vmap`` (data-dependent
+    control flow in transformers 5); the equivalent 4-D additive float mask works."""
+    inputs = batch.inputs
+    if not (is_hf_model(model) and isinstance(inputs, Mapping)):
+        return batch
+    mask = inputs.get("attention_mask")
+    if not isinstance(mask, Tensor) or mask.dim() != 2:
+        return batch
+    length = mask.shape[1]
+    additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    new_inputs = dict(inputs)
+    new_inputs["attention_mask"] = additive.expand(-1, 1, length, length).contiguous()
+    return ProbeBatch(new_inputs, batch.targets, batch.n)
+
+
+def _logits(outputs: Any) -> Tensor:
+    if isinstance(outputs, Tensor):
+        return outputs
+    logits = getattr(outputs, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor):
+        return outputs[0]
+    raise TypeError(
+        f"cannot find logits in a model output of type {type(outputs).__name__}; pass "
+        "loss_fn=callable(outputs, targets) -> per-example losses"
+    )
+
+
+def _is_per_example(t: Tensor, n: int) -> bool:
+    return t.dim() > 0 and t.shape[0] == n
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _leading_sizes(obj: Any) -> list[int]:
+    return [int(t.shape[0]) for t in _tensors(obj) if t.dim() > 0]
+
+
+def _map(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: _map(v, fn) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_map(v, fn) for v in obj)
+    if isinstance(obj, list):
+        return [_map(v, fn) for v in obj]
+    return obj
+
+
+def _map_any(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: _map_any(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_any(v, fn) for v in obj)
+    return None

@@ -1,0 +1,269 @@
+"""The ``kernel`` method: capture pass + per-layer rules + cost model, exact fallback for the rest.
+
+``G = Σ_params G_param`` because different parameters are different coordinates of ``g``.
+Parameters of modules with a layer rule get their ``G_param`` from the captured (input,
+backprop) pairs; a parameter used several times (tied weights, a module called twice) sums
+its uses *before* the Gram, so cross terms ``⟨g^u_n, g^v_m⟩`` are kept. Every other parameter
+— no rule, used functionally outside its module, wrong example axis — goes to an exact
+fallback (``vmap``, then the per-example loop) restricted to those parameters.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_stiffness.gram.capture import capture_calls, count_parameter_uses
+from lightning_stiffness.gram.cost import choose_strategy
+from lightning_stiffness.gram.factors import KroneckerTerm, materialize
+from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses
+from lightning_stiffness.gram.reference import RowFn, loop_rows, vmap_rows
+from lightning_stiffness.gram.rules import PerExampleGrad, find_rule
+from lightning_stiffness.gram.tiling import add_dense_gram, add_ghost_gram, add_materialized_gram, add_row_gram
+
+LayerStrategy = Literal["auto", "ghost", "materialize"]
+
+
+@dataclass
+class GramAccumulator:
+    """The total Gram and, optionally, one Gram per owning module (``G = Σ_blocks G_block``)."""
+
+    gram: Tensor
+    keep_blocks: bool
+    blocks: dict[str, Tensor] = field(default_factory=dict)
+    strategies: dict[str, str] = field(default_factory=dict)
+
+    def target(self, block: str) -> Tensor:
+        """Where a contribution to ``block`` is added (its own matrix when blocks are kept)."""
+        if not self.keep_blocks:
+            return self.gram
+        if block not in self.blocks:
+            self.blocks[block] = torch.zeros_like(self.gram)
+        return self.blocks[block]
+
+    def finish(self) -> None:
+        if self.keep_blocks:
+            for block in self.blocks.values():
+                self.gram += block
+
+
+def block_name(param_name: str) -> str:
+    """The module that owns a parameter (``"layer1.0.conv1"``), or the name of a root parameter."""
+    owner, _, _ = param_name.rpartition(".")
+    return owner or param_name
+
+
+def add_rows_gram(acc: GramAccumulator, params: dict[str, nn.Parameter], rows: RowFn, memory_budget: float) -> None:
+    """Accumulate ``J Jᵀ`` from a row function over ``params`` (per block when blocks are kept)."""
+    n = acc.gram.shape[0]
+    if not acc.keep_blocks:
+        width = sum(p.numel() for p in params.values())
+        add_row_gram(acc.gram, rows, width * acc.gram.element_size(), memory_budget)
+        return
+    by_block: dict[str, list[str]] = defaultdict(list)
+    for name in params:
+        by_block[block_name(name)].append(name)
+    for block, names in by_block.items():
+        sub = {k: params[k] for k in names}
+        add_row_gram(
+            acc.target(block), _rows_for(rows, params, sub), _width(sub) * acc.gram.element_size(), memory_budget
+        )
+    del n
+
+
+def _rows_for(rows: RowFn, params: dict[str, nn.Parameter], sub: dict[str, nn.Parameter]) -> RowFn:
+    """Restrict a row function over ``params`` to the columns of ``sub`` (in order)."""
+    spans, offset = [], 0
+    for name, p in params.items():
+        if name in sub:
+            spans.append((offset, offset + p.numel()))
+        offset += p.numel()
+    return lambda i0, i1: torch.cat([rows(i0, i1)[:, a:b] for a, b in spans], dim=1)
+
+
+def _width(params: dict[str, nn.Parameter]) -> int:
+    return sum(p.numel() for p in params.values())
+
+
+def kernel_gram(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    batch: ProbeBatch,
+    loss_fn: LossFn | None,
+    acc: GramAccumulator,
+    memory_budget: float,
+    layer_strategy: LayerStrategy = "auto",
+) -> None:
+    """Add the exact Gram of ``params`` to ``acc`` by the kernel engine (see module doc)."""
+    owners = _owners(model, params)
+    modules = dict(model.named_modules())
+    owner_modules = {m for attrs in owners.values() for m, _ in attrs}
+    hooked = {name: m for name, m in modules.items() if name in owner_modules and find_rule(m) is not None}
+    with capture_calls(hooked, batch.n) as record:
+        outputs = call_model(model, batch.inputs)
+    losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
+    uses = count_parameter_uses(losses.sum())
+
+    covered: dict[str, list[tuple[str, str]]] = {}
+    fallback: dict[str, str] = {}
+    for pname, p in params.items():
+        reason = _coverage_problem(p, owners[pname], modules, hooked, record.calls, record.problems, uses)
+        if reason is None:
+            covered[pname] = owners[pname]
+        elif reason != "unused":
+            fallback[pname] = reason
+
+    calls_needed = {m for pname in covered for m, _ in covered[pname]}
+    zs = [c.z for m in sorted(calls_needed) for c in record.calls[m] if uses[id(c.z)] > 0]
+    backprops = dict(zip(map(id, zs), torch.autograd.grad(losses.sum(), zs))) if zs else {}
+    del outputs, losses
+
+    # Rule outputs are computed once per module and freed after its last parameter (unfolded
+    # conv patches are large), so at most one layer's per-example factors are alive at a time.
+    remaining: defaultdict[str, int] = defaultdict(int)
+    for owner_attrs in covered.values():
+        for m, _ in owner_attrs:
+            remaining[m] += 1
+    cache: dict[str, list[dict[str, PerExampleGrad]]] = {}
+    for pname, owner_attrs in covered.items():
+        parts: list[PerExampleGrad] = []
+        for m, attr in owner_attrs:
+            if m not in cache:
+                cache[m] = _module_grads(hooked[m], record.calls[m], backprops, acc.gram.dtype)
+            parts.extend(grads[attr] for grads in cache[m] if attr in grads)
+        acc.strategies[pname] = _add_parameter_gram(acc.target(block_name(pname)), parts, memory_budget, layer_strategy)
+        for m, _ in owner_attrs:
+            remaining[m] -= 1
+            if remaining[m] == 0:
+                cache.pop(m, None)
+
+    if fallback:
+        _warn_fallback(fallback)
+        sub = {k: params[k] for k in params if k in fallback}
+        used = rows_gram_with_fallback(model, sub, batch, loss_fn, acc, memory_budget)
+        for k in sub:
+            acc.strategies[k] = f"fallback-{used}"
+
+
+def rows_gram_with_fallback(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    batch: ProbeBatch,
+    loss_fn: LossFn | None,
+    acc: GramAccumulator,
+    memory_budget: float,
+) -> str:
+    """``vmap`` rows, or the per-example loop when the model cannot be vmapped. Returns which."""
+    snapshot = acc.gram.clone(), {k: v.clone() for k, v in acc.blocks.items()}
+    try:
+        add_rows_gram(acc, params, vmap_rows(model, params, batch, loss_fn), memory_budget)
+        return "vmap"
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
+        acc.gram.copy_(snapshot[0])
+        acc.blocks.clear()
+        acc.blocks.update(snapshot[1])
+        warnings.warn(
+            f"torch.func.vmap failed on this model ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "using the exact but slower per-example loop instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        add_rows_gram(acc, params, loop_rows(model, params, batch, loss_fn), memory_budget)
+        return "loop"
+
+
+def _module_grads(
+    module: nn.Module, calls: list, backprops: dict[int, Tensor], dtype: torch.dtype
+) -> list[dict[str, PerExampleGrad]]:
+    """The layer rule's per-example gradients for every call of ``module`` that reached the loss."""
+    rule = find_rule(module)
+    assert rule is not None
+    return [
+        rule.per_example_grads(
+            module, call.inp.to(dtype) if call.inp.is_floating_point() else call.inp, backprops[id(call.z)].to(dtype)
+        )
+        for call in calls
+        if id(call.z) in backprops
+    ]
+
+
+def _add_parameter_gram(out: Tensor, parts: list[PerExampleGrad], memory_budget: float, strategy: LayerStrategy) -> str:
+    """Sum a parameter's uses, then add its Gram to ``out``. Returns the path taken."""
+    terms = [t for part in parts if isinstance(part, list) for t in part]
+    dense = [part for part in parts if isinstance(part, Tensor)]
+    if dense:
+        total = sum(d.reshape(d.shape[0], -1) for d in dense)
+        assert isinstance(total, Tensor)
+        if terms:
+            total = total + materialize(terms, out.dtype)
+        add_dense_gram(out, total)
+        return "dense"
+    if not terms:
+        return "unused"
+    chosen = choose_strategy(terms, out.shape[0], memory_budget) if strategy == "auto" else strategy
+    if chosen == "ghost":
+        add_ghost_gram(out, terms, memory_budget)
+    else:
+        add_materialized_gram(out, terms, memory_budget)
+    return chosen
+
+
+def _owners(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, list[tuple[str, str]]]:
+    """For each selected parameter: every (module name, attribute) that holds it (tied weights)."""
+    by_id = {id(p): name for name, p in params.items()}
+    owners: dict[str, list[tuple[str, str]]] = {name: [] for name in params}
+    seen: set[tuple[int, str]] = set()
+    for mname, module in model.named_modules():  # a shared module instance is listed once
+        for attr, p in module._parameters.items():
+            if p is not None and id(p) in by_id and (id(module), attr) not in seen:
+                seen.add((id(module), attr))
+                owners[by_id[id(p)]].append((mname, attr))
+    return owners
+
+
+def _coverage_problem(
+    p: nn.Parameter,
+    owner_attrs: list[tuple[str, str]],
+    modules: dict[str, nn.Module],
+    hooked: dict[str, nn.Module],
+    calls: dict[str, list],
+    problems: dict[str, str],
+    uses: dict[int, int],
+) -> str | None:
+    """``None`` when the captured calls account for every use of ``p``; else why not."""
+    if uses.get(id(p), 0) == 0:
+        return "unused"
+    captured = 0
+    for mname, _ in owner_attrs:
+        module = hooked.get(mname)
+        if module is None:
+            return f"{mname or '<root>'}: no layer rule for {type(modules[mname]).__name__}"
+        if mname in problems:
+            return f"{mname}: {problems[mname]}"
+        rule = find_rule(module)
+        reason = rule.unsupported_reason(module) if rule is not None else "no layer rule"
+        if reason:
+            return f"{mname}: {reason}"
+        captured += sum(1 for c in calls[mname] if uses.get(id(c.z), 0) > 0)
+    if captured != uses[id(p)]:
+        names = ", ".join(m or "<root>" for m, _ in owner_attrs)
+        return f"{names}: parameter used {uses[id(p)]}x in the graph but {captured}x through its module's forward"
+    return None
+
+
+def _warn_fallback(fallback: dict[str, str]) -> None:
+    reasons = sorted(set(fallback.values()))
+    warnings.warn(
+        "per_example_gram: no exact layer rule covers "
+        f"{len(fallback)} parameter(s); they use the exact vmap/loop fallback (slower): " + "; ".join(reasons),
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+__all__ = ["GramAccumulator", "KroneckerTerm", "add_rows_gram", "block_name", "kernel_gram", "rows_gram_with_fallback"]

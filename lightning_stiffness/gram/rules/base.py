@@ -1,0 +1,71 @@
+"""The layer-rule interface and registry (one small module per layer type, as in Opacus).
+
+A rule turns what the capture pass recorded for one call of a module — its input and the
+gradient of the summed per-example losses with respect to its output — into per-example
+gradients of the module's own parameters, in one of two exact forms:
+
+* a list of :class:`~lightning_stiffness.gram.factors.KroneckerTerm` (``g_n = Σ_t u_nt ⊗ v_nt``),
+  whose Gram the engine computes by the kernel trick or by materialising, whichever is cheaper;
+* a dense ``(N, D)`` tensor, for parameters whose per-example gradients are small anyway
+  (biases, normalisation scales).
+
+Adding a layer type is one new file with a subclass of :class:`LayerRule` decorated with
+:func:`register_rule`, imported in ``rules/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from torch import Tensor, nn
+
+from lightning_stiffness.gram.factors import KroneckerTerm
+
+PerExampleGrad = list[KroneckerTerm] | Tensor
+
+
+class LayerRule:
+    """Exact per-example gradients of one module type's parameters from (input, grad_output)."""
+
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        """Why this particular module instance cannot use the rule (``None``: it can)."""
+        return None
+
+    def per_example_grads(self, module: nn.Module, inp: Tensor, grad_out: Tensor) -> dict[str, PerExampleGrad]:
+        """Map parameter attribute name (``"weight"``, ``"bias"``) to its per-example gradient."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[type[nn.Module], LayerRule] = {}
+
+R = TypeVar("R", bound=type[LayerRule])
+
+
+def register_rule(*module_types: type[nn.Module]) -> Callable[[R], R]:
+    """Class decorator registering a rule for ``module_types`` (exact types and subclasses
+    that do not override ``forward``)."""
+
+    def decorate(rule_cls: R) -> R:
+        rule = rule_cls()
+        for module_type in module_types:
+            _REGISTRY[module_type] = rule
+        return rule_cls
+
+    return decorate
+
+
+def find_rule(module: nn.Module) -> LayerRule | None:
+    """The rule registered for ``module``'s class or the nearest base class whose ``forward``
+    it still uses; ``None`` when no rule applies (the engine then falls back to vmap)."""
+    cls = type(module)
+    for base in cls.__mro__:
+        rule = _REGISTRY.get(base)
+        if rule is not None:
+            return rule if getattr(cls, "forward", None) is getattr(base, "forward", None) else None
+    return None
+
+
+def registered_types() -> list[type[nn.Module]]:
+    """Module types with a registered rule (for documentation and error messages)."""
+    return list(_REGISTRY)

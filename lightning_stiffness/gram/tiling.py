@@ -1,0 +1,96 @@
+"""Memory-bounded accumulation of Gram blocks (anchors.md §6.3).
+
+Every routine adds into a preallocated ``(N, N)`` accumulator and touches at most about
+``memory_budget`` bytes of temporaries, so the peak is the probe's activations plus one tile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from lightning_stiffness.gram.cost import BYTES
+from lightning_stiffness.gram.factors import KroneckerTerm, ghost_block, materialize
+
+
+def tile_size(n: int, bytes_per_row: float, memory_budget: float, *, squared: bool = False) -> int:
+    """Largest number of example rows per tile so that a tile fits ``memory_budget``.
+
+    ``squared``: the tile's size grows with the square of its rows (ghost tables).
+    """
+    if bytes_per_row <= 0:
+        return n
+    rows = math.sqrt(memory_budget / bytes_per_row) if squared else memory_budget / bytes_per_row
+    return max(1, min(n, int(rows)))
+
+
+def _tiles(n: int, size: int) -> list[tuple[int, int]]:
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def add_ghost_gram(out: Tensor, terms: list[KroneckerTerm], memory_budget: float) -> None:
+    """``out += K`` with ``K[n, m] = Σ_{p,q} Σ_{t,s} (u^p_nt·u^q_ms)(v^p_nt·v^q_ms)``, tiled."""
+    n = out.shape[0]
+    total_t = sum(t.positions for t in terms)
+    groups = max(t.groups for t in terms)
+    # two inner-product tables plus their product, each (c·T)² per group
+    size = tile_size(n, 3.0 * total_t**2 * groups * BYTES, memory_budget, squared=True)
+    tiles = _tiles(n, size)
+    for bi, (i0, i1) in enumerate(tiles):
+        rows_i = [t.rows(i0, i1) for t in terms]
+        for j0, j1 in tiles[: bi + 1]:
+            rows_j = rows_i if j0 == i0 else [t.rows(j0, j1) for t in terms]
+            block = sum(ghost_block(p, q, out.dtype) for p in rows_i for q in rows_j)
+            assert isinstance(block, Tensor)
+            out[i0:i1, j0:j1] += block
+            if j0 != i0:
+                out[j0:j1, i0:i1] += block.T
+
+
+def add_materialized_gram(out: Tensor, terms: list[KroneckerTerm], memory_budget: float) -> None:
+    """``out += g gᵀ`` with ``g`` the materialised per-example gradients of ``terms``."""
+    numel = terms[0].numel
+    add_row_gram(
+        out, lambda i0, i1: materialize([t.rows(i0, i1) for t in terms], out.dtype), numel * BYTES, memory_budget
+    )
+
+
+def add_row_gram(
+    out: Tensor,
+    rows: Callable[[int, int], Tensor],
+    bytes_per_row: float,
+    memory_budget: float,
+) -> None:
+    """``out += J Jᵀ`` where ``rows(i0, i1)`` returns rows ``i0:i1`` of ``J``.
+
+    When all of ``J`` fits the budget it is built once; otherwise row tiles are recomputed for
+    each tile pair of the lower triangle.
+    """
+    n = out.shape[0]
+    size = tile_size(n, 2.0 * bytes_per_row, memory_budget)
+    if size >= n:
+        j = rows(0, n).to(out.dtype)
+        out += j @ j.T
+        return
+    tiles = _tiles(n, size)
+    for bi, (i0, i1) in enumerate(tiles):
+        ji = rows(i0, i1).to(out.dtype)
+        for j0, j1 in tiles[: bi + 1]:
+            jj = ji if j0 == i0 else rows(j0, j1).to(out.dtype)
+            block = ji @ jj.T
+            out[i0:i1, j0:j1] += block
+            if j0 != i0:
+                out[j0:j1, i0:i1] += block.T
+
+
+def add_dense_gram(out: Tensor, grads: Tensor) -> None:
+    """``out += g gᵀ`` for already materialised per-example gradients ``(N, D)``."""
+    g = grads.reshape(grads.shape[0], -1).to(out.dtype)
+    out += g @ g.T
+
+
+def empty_gram(n: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.zeros(n, n, dtype=dtype, device=device)

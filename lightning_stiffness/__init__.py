@@ -5,8 +5,25 @@ stiffness analytics → render/log, with :class:`StiffnessCallback` orchestratin
 Lightning ``Trainer``.
 """
 
+from lightning_stiffness.analysis import AnalysisConfig, analyze
+from lightning_stiffness.callback import StiffnessCallback
+from lightning_stiffness.data import PermutedLabels
 from lightning_stiffness.gram import GramResult, per_example_gram, per_example_gram_blocks
+from lightning_stiffness.measurement import Measurement, load_measurements
+from lightning_stiffness.schedule import MeasurementSchedule
 
 __version__ = "0.1.0"
 
-__all__ = ["GramResult", "__version__", "per_example_gram", "per_example_gram_blocks"]
+__all__ = [
+    "AnalysisConfig",
+    "GramResult",
+    "Measurement",
+    "MeasurementSchedule",
+    "PermutedLabels",
+    "StiffnessCallback",
+    "__version__",
+    "analyze",
+    "load_measurements",
+    "per_example_gram",
+    "per_example_gram_blocks",
+]

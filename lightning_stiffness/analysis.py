@@ -1,0 +1,152 @@
+"""From a Gram to a :class:`~lightning_stiffness.measurement.Measurement`: the stiffness
+analytics of paper §1 applied to one probe, all cheap functions of G, the labels and distances."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_stiffness.analytics import (
+    StiffnessSummary,
+    binned_curve,
+    class_stiffness_matrix,
+    cosine_matrix,
+    critical_length,
+    gradient_diversity,
+    m_coherence,
+    pair_mask,
+    sign_matrix,
+    split_block_summaries,
+    summarize,
+)
+from lightning_stiffness.measurement import Measurement
+
+PAIR_KINDS = ("within", "between", "all")
+ESTIMATORS = ("zero_crossing", "linear_fit")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """How a Gram is turned into stiffness statistics.
+
+    Args:
+        num_classes: number of classes (default: largest probe label + 1).
+        include_self: keep i=j pairs in class matrices and summaries (paper v3 excludes them).
+        bins: distance bins of the stiffness-vs-distance curves (v1 Fig. 9 used about 30).
+        critical_length_pairs: pairs used for ξ: ``within`` (v3) or ``all``.
+        max_distance: fit window of the linear-fit estimator (None: all distances).
+        bootstrap: bootstrap resamples of probe examples for ξ confidence intervals (0: none).
+        seed: seed of the bootstrap.
+    """
+
+    num_classes: int | None = None
+    include_self: bool = False
+    bins: int = 30
+    critical_length_pairs: str = "within"
+    max_distance: float | None = None
+    bootstrap: int = 0
+    seed: int = 0
+
+
+def stiffness_matrices(gram: Tensor) -> dict[str, Tensor]:
+    """``sign(g_i·g_j)`` (v1 Eq. 5) and ``cos(g_i, g_j)`` (v3 S_cos) from the Gram."""
+    return {"sign": sign_matrix(gram), "cos": cosine_matrix(gram)}
+
+
+def analyze(
+    gram: Tensor,
+    labels: Tensor,
+    splits: Tensor,
+    split_names: tuple[str, ...],
+    *,
+    step: int,
+    epoch: int,
+    trigger: str,
+    distances: Mapping[str, Tensor] | None = None,
+    blocks: Mapping[str, Tensor] | None = None,
+    config: AnalysisConfig | None = None,
+) -> Measurement:
+    """All statistics of one probe. ``distances`` maps a space name (``input``,
+    ``layer:<module>``) to an ``(N, N)`` distance matrix; ``blocks`` are per-layer Grams."""
+    cfg = config or AnalysisConfig()
+    gram = gram.detach().cpu()
+    labels = labels.detach().cpu().long()
+    splits = splits.detach().cpu().long()
+    num_classes = cfg.num_classes or int(labels.max()) + 1
+    matrices = stiffness_matrices(gram)
+    summaries: dict[str, dict[str, StiffnessSummary]] = {}
+    for kind, s in matrices.items():
+        per_kind = {"all": summarize(s, labels, num_classes, include_self=cfg.include_self)}
+        if len(split_names) > 1:
+            per_kind.update(
+                split_block_summaries(s, labels, splits, split_names, num_classes, include_self=cfg.include_self)
+            )
+        summaries[kind] = per_kind
+    measurement = Measurement(
+        step=step,
+        epoch=epoch,
+        trigger=trigger,
+        labels=labels,
+        splits=splits,
+        split_names=tuple(split_names),
+        gram=gram,
+        sign=matrices["sign"],
+        cos=matrices["cos"],
+        class_sign=class_stiffness_matrix(matrices["sign"], labels, num_classes, include_self=cfg.include_self),
+        class_cos=class_stiffness_matrix(matrices["cos"], labels, num_classes, include_self=cfg.include_self),
+        summaries=summaries,
+        m_coherence=m_coherence(gram),
+        gradient_diversity=gradient_diversity(gram),
+    )
+    for space, dist in (distances or {}).items():
+        add_distance_analysis(measurement, space, dist.detach().cpu(), matrices, cfg)
+    for name, block in (blocks or {}).items():
+        measurement.layers[name] = summarize(cosine_matrix(block.detach().cpu()), labels, num_classes,
+                                             include_self=cfg.include_self)
+    return measurement
+
+
+def add_distance_analysis(
+    measurement: Measurement, space: str, distances: Tensor, matrices: Mapping[str, Tensor], cfg: AnalysisConfig
+) -> None:
+    """Binned stiffness-vs-distance curves and both critical-length estimators for one space."""
+    labels = measurement.labels
+    finite = distances[torch.isfinite(distances)]
+    if finite.numel() == 0:
+        return
+    value_range = (0.0, max(float(finite.max()), 1e-12))
+    for kind, s in matrices.items():
+        for pairs in PAIR_KINDS:
+            mask = pair_mask(labels, pairs, include_self=False)
+            measurement.curves[f"{space}/{kind}/{pairs}"] = binned_curve(
+                s, distances, mask, bins=cfg.bins, value_range=value_range
+            )
+        for estimator in ESTIMATORS:
+            measurement.critical_lengths[f"{space}/{kind}/{estimator}"] = critical_length(
+                s, distances, labels, method=estimator, pairs=cfg.critical_length_pairs, bins=cfg.bins,
+                max_distance=cfg.max_distance, bootstrap=cfg.bootstrap, seed=cfg.seed,
+            )
+
+
+def scalar_metrics(m: Measurement) -> dict[str, float]:
+    """Flat ``stiffness/...`` scalars of a measurement, as logged to every logger."""
+    out: dict[str, float] = {}
+    for kind, per_pairs in m.summaries.items():
+        for pairs, summary in per_pairs.items():
+            prefix = f"stiffness/{kind}" if pairs == "all" else f"stiffness/{kind}/{pairs}"
+            out[f"{prefix}/within"] = summary.within
+            out[f"{prefix}/between"] = summary.between
+            out[f"{prefix}/all"] = summary.all
+    out["stiffness/m_coherence"] = m.m_coherence
+    out["stiffness/gradient_diversity"] = m.gradient_diversity
+    for key, xi in m.critical_lengths.items():
+        out[f"stiffness/critical_length/{key}"] = xi.value
+    for name, summary in m.layers.items():
+        out[f"stiffness/layer/{name}/cos/within"] = summary.within
+        out[f"stiffness/layer/{name}/cos/between"] = summary.between
+    out["stiffness/cost/seconds"] = m.seconds
+    return {k: v for k, v in out.items() if v is not None and not math.isnan(v)}

@@ -1,0 +1,277 @@
+"""Benchmark: the Gram engine against the plain torch.func recipe, side by side.
+
+Run ``python -m lightning_stiffness.bench`` (``--help`` for options). For every case it prints
+time and peak extra memory of
+
+* ``auto``    — the kernel engine with the per-layer cost model (what users get),
+* ``ghost`` / ``materialize`` — the kernel engine with one exact path forced on every layer,
+* ``vmap``    — our tiled ``vmap`` method,
+* ``recipe``  — the torch.func tutorial recipe: ``vmap(grad(functional_call))`` over all N at
+  once, flatten, ``J Jᵀ``,
+* ``step``    — one ordinary training step (forward + backward of the mean loss) on the same N,
+
+with speed-up ratios ``recipe / method`` and the relative error of each Gram against the
+recipe's. Memory is the CUDA allocator's peak on a GPU and the sampled peak RSS growth on a
+CPU (coarser). Timings are medians of ``--repeats`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from lightning_stiffness.gram import per_example_gram
+from lightning_stiffness.gram.inputs import call_model, default_loss
+
+
+@dataclass
+class BenchCase:
+    name: str
+    model: nn.Module
+    inputs: Any
+    targets: Tensor
+
+
+@dataclass
+class Timing:
+    seconds: float
+    peak_bytes: float
+    gram: Tensor | None
+
+
+def torch_func_recipe(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    """The per-sample-gradient tutorial recipe plus ``J Jᵀ`` (tensor inputs only)."""
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = {k: b.detach() for k, b in model.named_buffers()}
+
+    def loss_one(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
+        return F.cross_entropy(out, y.unsqueeze(0))
+
+    grads = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, inputs, targets)
+    jac = torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1)
+    return jac @ jac.T
+
+
+def training_step(model: nn.Module, inputs: Any, targets: Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    default_loss(call_model(model, inputs), targets).mean().backward()
+    model.zero_grad(set_to_none=True)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def mlp_case(n: int, device: torch.device, width: int) -> BenchCase:
+    model = nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+    return BenchCase(f"MLP 784-{width}-{width}-10", model.to(device), torch.randn(n, 784, device=device),
+                     torch.randint(0, 10, (n,), device=device))
+
+
+def small_cnn_case(n: int, device: torch.device) -> BenchCase:
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+    )
+    return BenchCase("CNN 16-32-32 (paper v3), 32x32", model.to(device), torch.randn(n, 3, 32, 32, device=device),
+                     torch.randint(0, 10, (n,), device=device))
+
+
+def resnet18_case(n: int, device: torch.device) -> BenchCase:
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10)
+    return BenchCase("ResNet-18 (eval BN), 32x32", model.to(device), torch.randn(n, 3, 32, 32, device=device),
+                     torch.randint(0, 10, (n,), device=device))
+
+
+def bert_case(n: int, device: torch.device, *, base: bool, seq_len: int) -> BenchCase:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    if base:
+        config = BertConfig(num_labels=3, attn_implementation="sdpa")
+        name = f"BERT-base (110M), {seq_len} tokens"
+    else:
+        config = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=256, num_labels=3, attn_implementation="sdpa")
+        name = f"tiny BERT (2x128), {seq_len} tokens"
+    model = BertForSequenceClassification(config).to(device)
+    ids = torch.randint(1, config.vocab_size, (n, seq_len), device=device)
+    mask = torch.ones_like(ids)
+    mask[: n // 2, seq_len * 3 // 4:] = 0
+    return BenchCase(name, model, {"input_ids": ids, "attention_mask": mask}, torch.randint(0, 3, (n,), device=device))
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[list[float]]:
+    """Yields a one-element list that holds the peak extra bytes after the block."""
+    result = [0.0]
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result[0] = float(torch.cuda.max_memory_allocated(device) - base)
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    base = _rss_pages() * page
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_pages() * page)
+            stop.wait(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result[0] = float(max(peak[0], _rss_pages() * page) - base)
+
+
+def _rss_pages() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1])
+
+
+def measure(fn: Callable[[], Tensor | None], device: torch.device, repeats: int) -> Timing:
+    fn()  # warm-up
+    times, peaks, out = [], [], None
+    for _ in range(repeats):
+        with peak_memory(device) as peak:
+            _sync(device)
+            start = time.perf_counter()
+            out = fn()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        peaks.append(peak[0])
+    return Timing(statistics.median(times), max(peaks), out)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_case(case: BenchCase, device: torch.device, repeats: int, with_recipe: bool) -> dict[str, Timing | str]:
+    model, x, y = case.model, case.inputs, case.targets
+    model.eval()
+    methods: dict[str, Callable[[], Tensor | None]] = {
+        "auto": lambda: per_example_gram(model, x, y, method="auto"),
+        "ghost": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="ghost"),
+        "materialize": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="materialize"),
+        "vmap": lambda: per_example_gram(model, x, y, method="vmap"),
+        "step": lambda: training_step(model, x, y),
+    }
+    if with_recipe and isinstance(x, Tensor):
+        methods["recipe"] = lambda: torch_func_recipe(model, x, y)
+    results: dict[str, Timing | str] = {}
+    for name, fn in methods.items():
+        try:
+            results[name] = measure(fn, device, repeats)
+        except torch.OutOfMemoryError:
+            results[name] = "OOM"
+        except RuntimeError as err:
+            results[name] = f"failed: {str(err).splitlines()[0][:60]}"
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def format_results(case: BenchCase, n: int, results: dict[str, Timing | str]) -> str:
+    params = sum(p.numel() for p in case.model.parameters())
+    baseline = results.get("recipe")
+    reference = baseline if isinstance(baseline, Timing) else results.get("vmap")
+    ref_gram = reference.gram if isinstance(reference, Timing) else None
+    lines = [f"\n{case.name}: N={n}, {params / 1e6:.2f}M parameters"]
+    lines.append(f"  {'method':<12}{'time':>11}{'peak mem':>12}{'speed-up':>10}{'mem ratio':>11}{'rel err':>10}")
+    for name, r in results.items():
+        if isinstance(r, str):
+            lines.append(f"  {name:<12}{r:>11}")
+            continue
+        speed = mem = err = ""
+        if isinstance(baseline, Timing) and name != "recipe":
+            speed = f"{baseline.seconds / r.seconds:.1f}x"
+            mem = f"{100 * r.peak_bytes / baseline.peak_bytes:.1f}%" if baseline.peak_bytes > 0 else ""
+        if r.gram is not None and ref_gram is not None:
+            err = f"{float((r.gram.double() - ref_gram.double()).norm() / ref_gram.double().norm()):.1e}"
+        lines.append(f"  {name:<12}{_ms(r.seconds):>11}{_mib(r.peak_bytes):>12}{speed:>10}{mem:>11}{err:>10}")
+    auto, step = results.get("auto"), results.get("step")
+    if isinstance(auto, Timing) and isinstance(step, Timing):
+        lines.append(f"  probe cost (auto) = {auto.seconds / step.seconds:.1f} training steps on the same batch")
+    return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.0f} MiB" if nbytes < 2**30 else f"{nbytes / 2**30:.2f} GiB"
+
+
+def build_cases(device: torch.device, full: bool) -> list[tuple[BenchCase, int, bool]]:
+    """(case, N, run the recipe?) — CPU sizes by default, the issue's GPU sizes with ``--full``."""
+    gpu = device.type == "cuda"
+    cases = [
+        (mlp_case(512, device, 1024 if gpu else 512), 512, True),
+        (small_cnn_case(256, device), 256, True),
+        (resnet18_case(512 if gpu else 128, device), 512 if gpu else 128, True),
+        (bert_case(64, device, base=False, seq_len=32), 64, False),
+    ]
+    if full:
+        cases.append((mlp_case(8192, device, 2048), 8192, False))
+        cases.append((bert_case(256, device, base=True, seq_len=128), 256, False))
+    return cases
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="substrings of case names to run")
+    parser.add_argument("--full", action="store_true", help="also the large GPU cases (N=8192 MLP, BERT-base)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, device {_device_name(device)}, threads {torch.get_num_threads()}")
+    for case, n, with_recipe in build_cases(device, args.full):
+        if args.only and not any(s.lower() in case.name.lower() for s in args.only):
+            continue
+        results = run_case(case, device, args.repeats, with_recipe)
+        print(format_results(case, n, results), flush=True)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""``StiffnessCallback``: measure stiffness on a fixed probe while a Lightning model trains.
+
+The callback only orchestrates: probe (:mod:`~lightning_stiffness.probe`) → Gram
+(:func:`~lightning_stiffness.per_example_gram_blocks`) → analytics
+(:func:`~lightning_stiffness.analysis.analyze`) → save and log (:mod:`~lightning_stiffness.log`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from lightning_stiffness.analysis import AnalysisConfig, analyze
+from lightning_stiffness.analytics import capture_representations, cosine_distance_matrix, input_distances
+from lightning_stiffness.gram import per_example_gram_blocks
+from lightning_stiffness.gram.inputs import LossFn
+from lightning_stiffness.log import custom_scalars_layout, log_images, log_scalars, tensorboard_writers
+from lightning_stiffness.measurement import Measurement, load_measurement, save_measurement
+from lightning_stiffness.probe import BatchAdapter, ProbeData, ProbeSpec, choose_probe, collate_probe, split_batch
+from lightning_stiffness.schedule import MeasurementSchedule
+
+SPLITS = ("train", "val")
+
+
+class StiffnessCallback(Callback):
+    r"""Measure stiffness (Fort et al. 2019) on a fixed probe during training.
+
+    At each scheduled optimizer step it computes the exact Gram ``G[i, j] = g_i · g_j`` of
+    per-example loss gradients ``g_i = ∇_W ℓ(f_W(x_i), y_i)`` over the probe, and from it sign
+    stiffness ``E[sign(g_1·g_2)]`` and cosine stiffness ``E[cos(g_1, g_2)]``, class stiffness
+    matrices (self-pairs excluded), within/between-class summaries (v1 Eq. 6, 7),
+    m-coherence, stiffness against input-space distance and the critical length ξ by both
+    estimators. Results go to every logger as ``stiffness/...`` scalars, to TensorBoard as
+    images, and to ``<log_dir>/stiffness/measurement-*.pt`` (read with
+    :func:`~lightning_stiffness.load_measurements`).
+
+    Training is unaffected: the probe runs on the unwrapped module in eval mode without
+    touching ``.grad``, the optimizer or any RNG stream, and a failed measurement only warns.
+    Measurements run on global rank 0.
+
+    Args:
+        every_n_steps: measure every n optimizer steps (None: only the other triggers).
+        at_start: measure at step 0, before any update.
+        log_points_per_decade: also measure at log-spaced steps (None: off).
+        at_epoch_end: also measure at the end of each training epoch.
+        loss_thresholds: measure the first time the smoothed training loss is ≤ each value.
+        loss_smoothing: EMA factor for that training loss.
+        splits: where the probe comes from: any of ``"train"``, ``"val"``.
+        per_class: probe examples per class and split (paper: ~15 (v1) to ~50 (v3) for 10 classes).
+        seed: seed of the probe draw (and of the bootstrap).
+        probe_datasets: explicit datasets per split name (default: the trainer's dataloaders).
+        batch_adapter: ``callable(batch) -> (inputs, targets)`` (default: ``(x, y)`` tuples or
+            dicts with ``labels``).
+        loss_fn: ``callable(outputs, targets) -> (N,)`` per-example losses (default:
+            cross-entropy on the logits the module returns).
+        module_attr: measure this submodule of the LightningModule (e.g. ``"model"``) instead of
+            the module itself.
+        method: Gram method, see :func:`~lightning_stiffness.per_example_gram`.
+        params: restrict the gradient to these parameters/modules (names or objects).
+        memory_budget: bytes of temporaries for the Gram (default: automatic).
+        num_classes: number of classes (default: from the probe labels).
+        include_self: keep i=j pairs in class matrices (paper v3 excludes them).
+        input_distance: compute stiffness vs input-space cosine distance (tensor inputs only).
+        representation_layers: module names whose outputs give layer-wise distances (v1 Fig. 9).
+        layerwise: also stiffness of each layer's own gradient block.
+        bins, critical_length_pairs, max_distance, bootstrap: see :class:`AnalysisConfig`.
+        log_images: TensorBoard images/histograms/figures (needs a ``TensorBoardLogger``).
+        image_every: log images at every k-th measurement.
+        superclasses: fine class → super-class map; class matrices are reordered with block
+            borders and same- vs different-super-class statistics are logged.
+        save_dir: where measurements are saved (default ``<trainer.log_dir>/stiffness``).
+
+    Example:
+        >>> import torch, lightning as L
+        >>> from torch import nn
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from lightning_stiffness import StiffnessCallback
+        >>> class Classifier(L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        ...     def forward(self, x):
+        ...         return self.net(x)
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         return nn.functional.cross_entropy(self(x), y)
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.Adam(self.parameters(), lr=1e-2)
+        >>> data = TensorDataset(torch.randn(90, 8), torch.arange(90) % 3)
+        >>> cb = StiffnessCallback(every_n_steps=5, splits=("train",), per_class=4, log_images=False)
+        >>> trainer = L.Trainer(max_steps=10, callbacks=[cb], logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False,
+        ...                     default_root_dir=getfixture("tmp_path"))
+        >>> trainer.fit(Classifier(), DataLoader(data, batch_size=16))
+        >>> [(m.step, m.trigger) for m in cb.measurements]
+        [(0, 'start'), (5, 'every_n_steps'), (10, 'every_n_steps')]
+        >>> cb.measurements[-1].class_sign.shape
+        torch.Size([3, 3])
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = 50,
+        *,
+        at_start: bool = True,
+        log_points_per_decade: int | None = None,
+        at_epoch_end: bool = False,
+        loss_thresholds: Sequence[float] = (),
+        loss_smoothing: float = 0.9,
+        splits: Sequence[str] = SPLITS,
+        per_class: int = 25,
+        seed: int = 0,
+        probe_datasets: Mapping[str, Dataset] | None = None,
+        batch_adapter: BatchAdapter | None = None,
+        loss_fn: LossFn | None = None,
+        module_attr: str | None = None,
+        method: str = "auto",
+        params: Any = None,
+        memory_budget: float | None = None,
+        num_classes: int | None = None,
+        include_self: bool = False,
+        input_distance: bool = True,
+        representation_layers: Sequence[str] = (),
+        layerwise: bool = False,
+        bins: int = 30,
+        critical_length_pairs: str = "within",
+        max_distance: float | None = None,
+        bootstrap: int = 0,
+        log_images: bool = True,
+        image_every: int = 1,
+        superclasses: Sequence[int] | None = None,
+        save_dir: str | None = None,
+    ) -> None:
+        splits = tuple(splits)
+        unknown = [s for s in splits if s not in SPLITS and not (probe_datasets and s in probe_datasets)]
+        if not splits or unknown:
+            raise ValueError(f"splits must be a non-empty subset of {SPLITS} (or keys of probe_datasets), got {splits}")
+        if per_class < 1:
+            raise ValueError(f"per_class must be >= 1, got {per_class}")
+        if method not in ("auto", "kernel", "vmap", "loop"):
+            raise ValueError(f"method must be 'auto', 'kernel', 'vmap' or 'loop', got {method!r}")
+        if critical_length_pairs not in ("within", "between", "all"):
+            raise ValueError(f"critical_length_pairs must be 'within', 'between' or 'all', got {critical_length_pairs!r}")
+        if image_every < 1:
+            raise ValueError(f"image_every must be >= 1, got {image_every}")
+        self.schedule = MeasurementSchedule(
+            every_n_steps, at_start, log_points_per_decade, at_epoch_end, tuple(loss_thresholds), loss_smoothing
+        )
+        self.splits = splits
+        self.per_class = per_class
+        self.seed = seed
+        self.probe_datasets = dict(probe_datasets) if probe_datasets is not None else None
+        self.batch_adapter = batch_adapter or split_batch
+        self.loss_fn = loss_fn
+        self.module_attr = module_attr
+        self.method = method
+        self.params = params
+        self.memory_budget = memory_budget
+        self.input_distance = input_distance
+        self.representation_layers = tuple(representation_layers)
+        self.layerwise = layerwise
+        self.analysis = AnalysisConfig(num_classes, include_self, bins, critical_length_pairs, max_distance,
+                                       bootstrap, seed)
+        self.log_images = log_images
+        self.image_every = image_every
+        self.superclasses = list(superclasses) if superclasses is not None else None
+        self.save_dir = save_dir
+
+        self.measurements: list[Measurement] = []
+        self.failures: list[dict[str, Any]] = []
+        self.saved_files: list[str] = []
+        self.probe_spec: ProbeSpec | None = None
+        self._probe: ProbeData | None = None
+        self._device_probe: tuple[torch.device, Any, Tensor] | None = None
+        self._input_distances: Tensor | None = None
+        self._last_step: int | None = None
+        self._pending: list[str] = []
+        self._measure_seconds = 0.0
+        self._train_start: float | None = None
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(splits=self.splits, per_class=self.per_class, seed=self.seed)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.log_images and not tensorboard_writers(trainer.loggers):
+            raise MisconfigurationException(
+                "StiffnessCallback(log_images=True) needs a TensorBoardLogger to receive images, but the trainer "
+                f"has {[type(lg).__name__ for lg in trainer.loggers] or 'no logger'}. Add "
+                "Trainer(logger=TensorBoardLogger(...)) or pass StiffnessCallback(log_images=False)."
+            )
+        self._measured_module(pl_module)  # validates module_attr early
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._train_start = time.perf_counter()
+        self._last_step = trainer.global_step
+        if not trainer.is_global_zero:
+            return
+        self._prepare_probe(trainer)
+        for writer in tensorboard_writers(trainer.loggers):
+            writer.add_custom_scalars(custom_scalars_layout())
+        trigger = self.schedule.step_trigger(trainer.global_step) if trainer.global_step == 0 else None
+        if trigger and not any(m.step == 0 for m in self.measurements):
+            self._measure(trainer, pl_module, trigger)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = _loss_value(outputs)
+        if loss is not None:
+            self._pending.extend(f"loss<={t:g}" for t in self.schedule.update_loss(loss))
+        step = trainer.global_step
+        if step == self._last_step:  # gradient accumulation: no optimizer step yet
+            return
+        self._last_step = step
+        trigger = self.schedule.step_trigger(step)
+        triggers = [*self._pending, *([trigger] if trigger else [])]
+        self._pending = []
+        if triggers and trainer.is_global_zero:
+            self._measure(trainer, pl_module, "+".join(triggers))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.schedule.at_epoch_end or not trainer.is_global_zero:
+            return
+        if self.measurements and self.measurements[-1].step == trainer.global_step:
+            return
+        self._measure(trainer, pl_module, "epoch_end")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "probe": self.probe_spec.to_dict() if self.probe_spec is not None else None,
+            "schedule": self.schedule.state_dict(),
+            "saved_files": list(self.saved_files),
+            "failures": list(self.failures),
+            "measure_seconds": self._measure_seconds,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("probe") is not None:
+            self.probe_spec = ProbeSpec.from_dict(state_dict["probe"])
+        self.schedule.load_state_dict(state_dict.get("schedule", {}))
+        self.failures = list(state_dict.get("failures", []))
+        self._measure_seconds = float(state_dict.get("measure_seconds", 0.0))
+        self.saved_files = [f for f in state_dict.get("saved_files", []) if Path(f).exists()]
+        self.measurements = [load_measurement(f) for f in self.saved_files]
+
+    # ------------------------------------------------------------------ internals
+
+    def _measured_module(self, pl_module: LightningModule) -> nn.Module:
+        if self.module_attr is None:
+            return pl_module
+        module = pl_module.get_submodule(self.module_attr) if self.module_attr else pl_module
+        return module
+
+    def _prepare_probe(self, trainer: Trainer) -> None:
+        if self._probe is not None:
+            return
+        datasets = self.probe_datasets or _trainer_datasets(trainer, self.splits)
+        datasets = {name: datasets[name] for name in self.splits if name in datasets}
+        missing = [s for s in self.splits if s not in datasets]
+        if missing:
+            raise MisconfigurationException(
+                f"StiffnessCallback: no {missing} data to draw the probe from. Give the Trainer those dataloaders, "
+                "pass probe_datasets={'train': ..., 'val': ...}, or choose splits=(...) accordingly."
+            )
+        if self.probe_spec is None:
+            self.probe_spec = choose_probe(datasets, self.per_class, self.seed, self.batch_adapter)
+        collate_fn = _train_collate_fn(trainer)
+        self._probe = collate_probe(datasets, self.probe_spec, collate_fn, self.batch_adapter)
+        if self.input_distance and isinstance(self._probe.inputs, Tensor) and self._probe.inputs.is_floating_point():
+            self._input_distances = input_distances(self._probe.inputs)
+
+    def _probe_on(self, device: torch.device) -> tuple[Any, Tensor]:
+        assert self._probe is not None
+        if self._device_probe is None or self._device_probe[0] != device:
+            inputs = _to_device(self._probe.inputs, device)
+            self._device_probe = (device, inputs, self._probe.targets.to(device))
+        return self._device_probe[1], self._device_probe[2]
+
+    def _measure(self, trainer: Trainer, pl_module: LightningModule, trigger: str) -> None:
+        step = trainer.global_step
+        start = time.perf_counter()
+        try:
+            self._prepare_probe(trainer)
+            measurement = self._compute(pl_module, step, trainer.current_epoch, trigger)
+        except Exception as err:  # a measurement must never stop training
+            if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            self.failures.append({"step": step, "trigger": trigger, "error": message})
+            rank_zero_warn(f"StiffnessCallback: the measurement at step {step} failed ({message}); training goes on.")
+            return
+        seconds = time.perf_counter() - start
+        self._measure_seconds += seconds
+        measurement.seconds = seconds
+        self.measurements.append(measurement)
+        self._publish(trainer, measurement)
+
+    def _compute(self, pl_module: LightningModule, step: int, epoch: int, trigger: str) -> Measurement:
+        assert self._probe is not None
+        module = self._measured_module(pl_module)
+        device = next(module.parameters()).device
+        inputs, targets = self._probe_on(device)
+        gram_start = time.perf_counter()
+        result = per_example_gram_blocks(
+            module, inputs, targets, loss_fn=self.loss_fn, method=self.method,  # type: ignore[arg-type]
+            params=self.params, memory_budget=self.memory_budget, return_blocks=self.layerwise,
+        )
+        gram_seconds = time.perf_counter() - gram_start
+        distances: dict[str, Tensor] = {}
+        if self._input_distances is not None:
+            distances["input"] = self._input_distances
+        if self.representation_layers:
+            reps = capture_representations(module, inputs, self.representation_layers)
+            distances.update({f"layer:{name}": cosine_distance_matrix(r) for name, r in reps.items()})
+        measurement = analyze(
+            result.gram, self._probe.targets, self._probe.splits, self._probe.split_names,
+            step=step, epoch=epoch, trigger=trigger, distances=distances,
+            blocks=result.blocks if self.layerwise else None, config=self.analysis,
+        )
+        measurement.gram_seconds = gram_seconds
+        measurement.strategies = result.strategies
+        measurement.train_loss = self.schedule.smoothed_loss
+        return measurement
+
+    def _publish(self, trainer: Trainer, m: Measurement) -> None:
+        """Save and log a measurement; a logging problem is reported, never raised."""
+        try:
+            directory = Path(self.save_dir) if self.save_dir else Path(trainer.log_dir or trainer.default_root_dir)
+            if not self.save_dir:
+                directory = directory / "stiffness"
+            self.saved_files.append(str(save_measurement(m, directory)))
+            elapsed = time.perf_counter() - (self._train_start or time.perf_counter())
+            extra = {"stiffness/cost/share": self._measure_seconds / elapsed} if elapsed > 0 else {}
+            if m.train_loss is not None and math.isfinite(m.train_loss):
+                extra["stiffness/train_loss_smoothed"] = m.train_loss
+            log_scalars(trainer.loggers, m, extra, step=m.step)
+            if self.log_images and (len(self.measurements) - 1) % self.image_every == 0:
+                log_images(tensorboard_writers(trainer.loggers), m, m.step, self.superclasses)
+        except Exception as err:
+            rank_zero_warn(f"StiffnessCallback: logging the measurement at step {m.step} failed "
+                           f"({type(err).__name__}: {err}); training goes on.")
+
+
+def _loss_value(outputs: Any) -> float | None:
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    if isinstance(loss, Tensor) and loss.numel() == 1:
+        return float(loss.detach())
+    return None
+
+
+def _train_collate_fn(trainer: Trainer) -> Any:
+    loader = trainer.train_dataloader
+    return getattr(loader, "collate_fn", None)
+
+
+def _trainer_datasets(trainer: Trainer, splits: Sequence[str]) -> dict[str, Dataset]:
+    out: dict[str, Dataset] = {}
+    if "train" in splits:
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        if dataset is not None:
+            out["train"] = dataset
+    if "val" in splits:
+        loaders = trainer.val_dataloaders
+        if loaders is None:
+            try:  # not set up yet (no sanity check): let the validation loop load them now
+                trainer.fit_loop.epoch_loop.val_loop.setup_data()
+            except Exception:  # noqa: S110 - no validation data is reported by the caller
+                pass
+            loaders = trainer.val_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        dataset = getattr(loaders, "dataset", None)
+        if dataset is not None:
+            out["val"] = dataset
+    return out
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj

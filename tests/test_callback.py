@@ -1,0 +1,228 @@
+"""StiffnessCallback inside real Lightning training runs."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lightning_stiffness import StiffnessCallback, load_measurements
+from lightning_stiffness.analytics import class_stiffness_matrix, cosine_matrix
+from tests.lightning_helpers import TinyClassifier, loaders, trainer
+
+
+def _fit(tmp_path: Path, callbacks: list, seed: int = 0, **kwargs) -> TinyClassifier:
+    L.seed_everything(seed, verbose=False)
+    model = TinyClassifier()
+    train, val = loaders()
+    trainer(tmp_path, callbacks, **kwargs).fit(model, train, val)
+    return model
+
+
+def _cb(**kwargs) -> StiffnessCallback:
+    defaults = dict(every_n_steps=4, per_class=5, log_images=False, bootstrap=5)
+    defaults.update(kwargs)
+    return StiffnessCallback(**defaults)
+
+
+def test_training_is_bit_identical_with_and_without_callback(tmp_path: Path) -> None:
+    plain = _fit(tmp_path / "a", [])
+    cb = _cb(at_epoch_end=True, representation_layers=["net.1"], layerwise=True)
+    probed = _fit(tmp_path / "b", [cb])
+    assert len(cb.measurements) >= 4 and not cb.failures
+    for (name, a), (_, b) in zip(plain.state_dict().items(), probed.state_dict().items()):
+        assert torch.equal(a, b), f"{name} differs: the callback altered training"
+
+
+def test_rng_and_dataloader_order_untouched(tmp_path: Path) -> None:
+    seen: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+
+    class Recorder(L.Callback):
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            seen[self.key].append(batch[0].clone())
+
+        def on_train_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+            seen[self.key].append(torch.get_rng_state())
+
+    _fit(tmp_path / "a", [Recorder("a")])
+    _fit(tmp_path / "b", [_cb(), Recorder("b")])
+    assert len(seen["a"]) == len(seen["b"])
+    assert all(torch.equal(x, y) for x, y in zip(seen["a"], seen["b"]))
+
+
+def test_schedule_step_zero_every_n_and_grad_accumulation(tmp_path: Path) -> None:
+    cb = _cb(every_n_steps=2)
+    _fit(tmp_path, [cb], max_epochs=1, accumulate_grad_batches=2)  # 6 batches -> 3 optimizer steps
+    steps = [m.step for m in cb.measurements]
+    assert steps == [0, 2]
+    assert cb.measurements[0].trigger == "start"
+
+
+def test_measurement_contents_match_analytics(tmp_path: Path) -> None:
+    cb = _cb(every_n_steps=3)
+    _fit(tmp_path, [cb], max_epochs=1)
+    m = cb.measurements[-1]
+    n = 5 * 3 * 2  # per class x classes x splits
+    assert m.gram.shape == (n, n) and m.sign.shape == (n, n)
+    assert m.split_names == ("train", "val") and m.splits.tolist() == [0] * 15 + [1] * 15
+    assert torch.allclose(m.cos, cosine_matrix(m.gram))
+    torch.testing.assert_close(m.class_sign, class_stiffness_matrix(m.sign, m.labels, 3), equal_nan=True)
+    assert set(m.summaries["sign"]) == {"all", "train-train", "train-val", "val-val"}
+    assert {"input/sign/zero_crossing", "input/cos/linear_fit"} <= set(m.critical_lengths)
+    assert m.seconds > 0 and m.gram_seconds > 0
+    assert all(s in ("ghost", "materialize", "dense") for s in m.strategies.values())
+
+
+def test_loss_threshold_trigger(tmp_path: Path) -> None:
+    cb = _cb(every_n_steps=None, at_start=False, loss_thresholds=(5.0, 1e-9), loss_smoothing=0.0)
+    _fit(tmp_path, [cb], max_epochs=1)
+    assert [m.trigger for m in cb.measurements] == ["loss<=5"]
+    assert cb.measurements[0].step == 1
+
+
+def test_failed_measurement_warns_and_training_goes_on(tmp_path: Path) -> None:
+    def broken_loss(outputs, targets):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    cb = _cb(loss_fn=broken_loss)
+    with pytest.warns(UserWarning, match="measurement at step 0 failed"):
+        model = _fit(tmp_path, [cb], max_epochs=1)
+    assert cb.measurements == [] and cb.failures and "boom" in cb.failures[0]["error"]
+    assert model.trainer.global_step == 6
+
+
+def test_resume_continues_history_and_probe(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    cb1 = _cb()
+    _fit(tmp_path, [cb1, ckpt], max_epochs=1, enable_checkpointing=True)
+    steps1 = [m.step for m in cb1.measurements]
+    cb2 = _cb()
+    L.seed_everything(0, verbose=False)
+    train, val = loaders()
+    trainer(tmp_path, [cb2, ModelCheckpoint(dirpath=tmp_path / "ckpt")], max_epochs=2, enable_checkpointing=True).fit(
+        TinyClassifier(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    assert cb2.probe_spec == cb1.probe_spec
+    steps2 = [m.step for m in cb2.measurements]
+    assert steps2[: len(steps1)] == steps1 and len(steps2) > len(steps1)
+    assert steps2 == sorted(set(steps2)), "no step measured twice after resume"
+
+
+def test_bf16_mixed_precision(tmp_path: Path) -> None:
+    cb = _cb()
+    _fit(tmp_path, [cb], max_epochs=1, precision="bf16-mixed")
+    assert cb.measurements and not cb.failures
+    assert cb.measurements[-1].gram.dtype == torch.float32
+    assert torch.isfinite(cb.measurements[-1].gram).all()
+
+
+def test_torch_compiled_module(tmp_path: Path) -> None:
+    class Compiled(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.compile(self.net, backend="eager")
+
+    cb = _cb()
+    L.seed_everything(0, verbose=False)
+    train, val = loaders()
+    trainer(tmp_path, [cb], max_epochs=1).fit(Compiled(), train, val)
+    assert cb.measurements and not cb.failures
+    assert all(s != "fallback-vmap" for s in cb.measurements[-1].strategies.values())
+
+
+def test_measurement_under_no_grad_and_inference_mode(tmp_path: Path) -> None:
+    modes: list[tuple[bool, bool]] = []
+
+    class FromValidation(StiffnessCallback):
+        def on_validation_batch_end(self, trainer, pl_module, *args) -> None:  # type: ignore[no-untyped-def]
+            modes.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+            self._measure(trainer, pl_module, "validation")
+
+    cb = FromValidation(every_n_steps=None, at_start=False, per_class=4, log_images=False)
+    L.seed_everything(0, verbose=False)
+    model, (train, val) = TinyClassifier(), loaders()
+    fit_trainer = trainer(tmp_path, [cb], max_epochs=1)
+    fit_trainer.fit(model, train, val)  # Lightning validates under no_grad during fit
+    fit_trainer.validate(model, val, verbose=False)  # and under inference_mode in validate()
+    assert modes == [(False, False), (False, True)]
+    assert [m.trigger for m in cb.measurements] == ["validation", "validation"] and not cb.failures
+
+
+def test_saved_measurements_roundtrip(tmp_path: Path) -> None:
+    cb = _cb(save_dir=str(tmp_path / "saved"))
+    _fit(tmp_path, [cb], max_epochs=1)
+    loaded = load_measurements(tmp_path / "saved")
+    assert [m.step for m in loaded] == [m.step for m in cb.measurements]
+    a, b = loaded[-1], cb.measurements[-1]
+    assert torch.equal(a.gram, b.gram) and a.summaries == b.summaries
+    assert a.critical_lengths.keys() == b.critical_lengths.keys()
+    torch.testing.assert_close(a.class_cos, b.class_cos, equal_nan=True)
+    with pytest.raises(FileNotFoundError, match="no saved measurements"):
+        load_measurements(tmp_path / "ckpt-none" if (tmp_path / "ckpt-none").mkdir() is None else tmp_path)
+
+
+def test_scalars_reach_every_logger(tmp_path: Path) -> None:
+    cb = _cb()
+    csv = CSVLogger(str(tmp_path), name="csv")
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    _fit(tmp_path, [cb], max_epochs=1, logger=[tb, csv])
+    text = Path(csv.log_dir, "metrics.csv").read_text()
+    header = text.splitlines()[0].split(",")
+    for key in ("stiffness/sign/within", "stiffness/cos/between", "stiffness/m_coherence", "stiffness/cost/share"):
+        assert key in header
+    assert load_measurements(tb.log_dir)  # saved under the first logger's log dir
+
+
+def test_images_need_a_tensorboard_logger(tmp_path: Path) -> None:
+    with pytest.raises(MisconfigurationException, match="needs a TensorBoardLogger"):
+        _fit(tmp_path, [_cb(log_images=True)], max_epochs=1, logger=CSVLogger(str(tmp_path)))
+
+
+def test_missing_validation_data_is_a_clear_error(tmp_path: Path) -> None:
+    cb = _cb()
+    L.seed_everything(0, verbose=False)
+    train, _ = loaders()
+    with pytest.raises(MisconfigurationException, match=r"no \['val'\] data to draw the probe from"):
+        trainer(tmp_path, [cb], max_epochs=1).fit(TinyClassifier(), train)
+    assert not cb.measurements
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(splits=("test",)), "splits must be"),
+        (dict(per_class=0), "per_class"),
+        (dict(method="magic"), "method must be"),
+        (dict(every_n_steps=0), "every_n_steps"),
+        (dict(loss_thresholds=(float("nan"),)), "loss_thresholds"),
+        (dict(critical_length_pairs="odd"), "critical_length_pairs"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        StiffnessCallback(**kwargs)
+
+
+def test_cost_share_is_reported(tmp_path: Path) -> None:
+    cb = _cb()
+    _fit(tmp_path, [cb], max_epochs=1)
+    assert all(m.seconds > 0 for m in cb.measurements)
+    assert math.isfinite(sum(m.seconds for m in cb.measurements))
+
+
+def test_no_warning_spam_from_engine(tmp_path: Path) -> None:
+    cb = _cb()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, [cb], max_epochs=1)
+    assert not [w for w in caught if "per_example_gram" in str(w.message)]

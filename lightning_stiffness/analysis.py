@@ -105,8 +105,9 @@ def analyze(
     for space, dist in (distances or {}).items():
         add_distance_analysis(measurement, space, dist.detach().cpu(), matrices, cfg)
     for name, block in (blocks or {}).items():
-        measurement.layers[name] = summarize(cosine_matrix(block.detach().cpu()), labels, num_classes,
-                                             include_self=cfg.include_self)
+        measurement.layers[name] = summarize(
+            cosine_matrix(block.detach().cpu()), labels, num_classes, include_self=cfg.include_self
+        )
     return measurement
 
 
@@ -127,8 +128,15 @@ def add_distance_analysis(
             )
         for estimator in ESTIMATORS:
             measurement.critical_lengths[f"{space}/{kind}/{estimator}"] = critical_length(
-                s, distances, labels, method=estimator, pairs=cfg.critical_length_pairs, bins=cfg.bins,
-                max_distance=cfg.max_distance, bootstrap=cfg.bootstrap, seed=cfg.seed,
+                s,
+                distances,
+                labels,
+                method=estimator,
+                pairs=cfg.critical_length_pairs,
+                bins=cfg.bins,
+                max_distance=cfg.max_distance,
+                bootstrap=cfg.bootstrap,
+                seed=cfg.seed,
             )
 
 

@@ -77,43 +77,70 @@ def training_step(model: nn.Module, inputs: Any, targets: Tensor) -> None:
 
 def mlp_case(n: int, device: torch.device, width: int) -> BenchCase:
     model = nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
-    return BenchCase(f"MLP 784-{width}-{width}-10", model.to(device), torch.randn(n, 784, device=device),
-                     torch.randint(0, 10, (n,), device=device))
+    return BenchCase(
+        f"MLP 784-{width}-{width}-10",
+        model.to(device),
+        torch.randn(n, 784, device=device),
+        torch.randint(0, 10, (n,), device=device),
+    )
 
 
 def small_cnn_case(n: int, device: torch.device) -> BenchCase:
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
     )
-    return BenchCase("CNN 16-32-32 (paper v3), 32x32", model.to(device), torch.randn(n, 3, 32, 32, device=device),
-                     torch.randint(0, 10, (n,), device=device))
+    return BenchCase(
+        "CNN 16-32-32 (paper v3), 32x32",
+        model.to(device),
+        torch.randn(n, 3, 32, 32, device=device),
+        torch.randint(0, 10, (n,), device=device),
+    )
 
 
 def resnet18_case(n: int, device: torch.device) -> BenchCase:
     from torchvision.models import resnet18
 
     model = resnet18(num_classes=10)
-    return BenchCase("ResNet-18 (eval BN), 32x32", model.to(device), torch.randn(n, 3, 32, 32, device=device),
-                     torch.randint(0, 10, (n,), device=device))
+    return BenchCase(
+        "ResNet-18 (eval BN), 32x32",
+        model.to(device),
+        torch.randn(n, 3, 32, 32, device=device),
+        torch.randint(0, 10, (n,), device=device),
+    )
 
 
 def bert_case(n: int, device: torch.device, *, base: bool, seq_len: int) -> BenchCase:
     from transformers import BertConfig, BertForSequenceClassification
 
+    config: Any
+
+    head: dict[str, Any] = {"num_labels": 3, "attn_implementation": "sdpa"}
     if base:
-        config = BertConfig(num_labels=3, attn_implementation="sdpa")
+        config = BertConfig(**head)
         name = f"BERT-base (110M), {seq_len} tokens"
     else:
-        config = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=256, num_labels=3, attn_implementation="sdpa")
+        small: dict[str, Any] = {
+            "vocab_size": 1000,
+            "hidden_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        }
+        config = BertConfig(intermediate_size=256, **small, **head)
         name = f"tiny BERT (2x128), {seq_len} tokens"
-    model = BertForSequenceClassification(config).to(device)
+    model = BertForSequenceClassification(config).to(device)  # type: ignore[arg-type]
     ids = torch.randint(1, config.vocab_size, (n, seq_len), device=device)
     mask = torch.ones_like(ids)
-    mask[: n // 2, seq_len * 3 // 4:] = 0
+    mask[: n // 2, seq_len * 3 // 4 :] = 0
     return BenchCase(name, model, {"input_ids": ids, "attention_mask": mask}, torch.randint(0, 3, (n,), device=device))
 
 

@@ -7,6 +7,8 @@ The callback only orchestrates: probe (:mod:`~lightning_stiffness.probe`) → Gr
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -150,7 +152,9 @@ class StiffnessCallback(Callback):
         if method not in ("auto", "kernel", "vmap", "loop"):
             raise ValueError(f"method must be 'auto', 'kernel', 'vmap' or 'loop', got {method!r}")
         if critical_length_pairs not in ("within", "between", "all"):
-            raise ValueError(f"critical_length_pairs must be 'within', 'between' or 'all', got {critical_length_pairs!r}")
+            raise ValueError(
+                f"critical_length_pairs must be 'within', 'between' or 'all', got {critical_length_pairs!r}"
+            )
         if image_every < 1:
             raise ValueError(f"image_every must be >= 1, got {image_every}")
         self.schedule = MeasurementSchedule(
@@ -169,8 +173,9 @@ class StiffnessCallback(Callback):
         self.input_distance = input_distance
         self.representation_layers = tuple(representation_layers)
         self.layerwise = layerwise
-        self.analysis = AnalysisConfig(num_classes, include_self, bins, critical_length_pairs, max_distance,
-                                       bootstrap, seed)
+        self.analysis = AnalysisConfig(
+            num_classes, include_self, bins, critical_length_pairs, max_distance, bootstrap, seed
+        )
         self.log_images = log_images
         self.image_every = image_every
         self.superclasses = list(superclasses) if superclasses is not None else None
@@ -211,6 +216,7 @@ class StiffnessCallback(Callback):
         if not trainer.is_global_zero:
             return
         self._prepare_probe(trainer)
+        self._save_run_info(trainer, pl_module)
         for writer in tensorboard_writers(trainer.loggers):
             writer.add_custom_scalars(custom_scalars_layout())
         trigger = self.schedule.step_trigger(trainer.global_step) if trainer.global_step == 0 else None
@@ -266,6 +272,34 @@ class StiffnessCallback(Callback):
         module = pl_module.get_submodule(self.module_attr) if self.module_attr else pl_module
         return module
 
+    def _directory(self, trainer: Trainer) -> Path:
+        if self.save_dir:
+            return Path(self.save_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "stiffness"
+
+    def _save_run_info(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """``run.json`` beside the measurements: the module's hyperparameters (e.g. the learning
+        rate, for sweeps) and the measurement settings, so reports need no other source."""
+        info = {
+            "hparams": dict(pl_module.hparams),
+            "callback": {
+                "splits": list(self.splits),
+                "per_class": self.per_class,
+                "seed": self.seed,
+                "method": self.method,
+                "every_n_steps": self.schedule.every_n_steps,
+                "loss_thresholds": list(self.schedule.loss_thresholds),
+                "include_self": self.analysis.include_self,
+                "bins": self.analysis.bins,
+                "critical_length_pairs": self.analysis.critical_length_pairs,
+                "max_distance": self.analysis.max_distance,
+            },
+            "max_epochs": trainer.max_epochs,
+        }
+        directory = self._directory(trainer)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "run.json").write_text(json.dumps(info, indent=2, default=str))
+
     def _prepare_probe(self, trainer: Trainer) -> None:
         if self._probe is not None:
             return
@@ -307,6 +341,7 @@ class StiffnessCallback(Callback):
         seconds = time.perf_counter() - start
         self._measure_seconds += seconds
         measurement.seconds = seconds
+        measurement.metrics = _scalar_metrics(trainer.callback_metrics)
         self.measurements.append(measurement)
         self._publish(trainer, measurement)
 
@@ -317,8 +352,14 @@ class StiffnessCallback(Callback):
         inputs, targets = self._probe_on(device)
         gram_start = time.perf_counter()
         result = per_example_gram_blocks(
-            module, inputs, targets, loss_fn=self.loss_fn, method=self.method,  # type: ignore[arg-type]
-            params=self.params, memory_budget=self.memory_budget, return_blocks=self.layerwise,
+            module,
+            inputs,
+            targets,
+            loss_fn=self.loss_fn,
+            method=self.method,  # type: ignore[arg-type]
+            params=self.params,
+            memory_budget=self.memory_budget,
+            return_blocks=self.layerwise,
         )
         gram_seconds = time.perf_counter() - gram_start
         distances: dict[str, Tensor] = {}
@@ -328,9 +369,16 @@ class StiffnessCallback(Callback):
             reps = capture_representations(module, inputs, self.representation_layers)
             distances.update({f"layer:{name}": cosine_distance_matrix(r) for name, r in reps.items()})
         measurement = analyze(
-            result.gram, self._probe.targets, self._probe.splits, self._probe.split_names,
-            step=step, epoch=epoch, trigger=trigger, distances=distances,
-            blocks=result.blocks if self.layerwise else None, config=self.analysis,
+            result.gram,
+            self._probe.targets,
+            self._probe.splits,
+            self._probe.split_names,
+            step=step,
+            epoch=epoch,
+            trigger=trigger,
+            distances=distances,
+            blocks=result.blocks if self.layerwise else None,
+            config=self.analysis,
         )
         measurement.gram_seconds = gram_seconds
         measurement.strategies = result.strategies
@@ -340,10 +388,7 @@ class StiffnessCallback(Callback):
     def _publish(self, trainer: Trainer, m: Measurement) -> None:
         """Save and log a measurement; a logging problem is reported, never raised."""
         try:
-            directory = Path(self.save_dir) if self.save_dir else Path(trainer.log_dir or trainer.default_root_dir)
-            if not self.save_dir:
-                directory = directory / "stiffness"
-            self.saved_files.append(str(save_measurement(m, directory)))
+            self.saved_files.append(str(save_measurement(m, self._directory(trainer))))
             elapsed = time.perf_counter() - (self._train_start or time.perf_counter())
             extra = {"stiffness/cost/share": self._measure_seconds / elapsed} if elapsed > 0 else {}
             if m.train_loss is not None and math.isfinite(m.train_loss):
@@ -352,8 +397,20 @@ class StiffnessCallback(Callback):
             if self.log_images and (len(self.measurements) - 1) % self.image_every == 0:
                 log_images(tensorboard_writers(trainer.loggers), m, m.step, self.superclasses)
         except Exception as err:
-            rank_zero_warn(f"StiffnessCallback: logging the measurement at step {m.step} failed "
-                           f"({type(err).__name__}: {err}); training goes on.")
+            rank_zero_warn(
+                f"StiffnessCallback: logging the measurement at step {m.step} failed "
+                f"({type(err).__name__}: {err}); training goes on."
+            )
+
+
+def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, Tensor) and value.numel() == 1:
+            out[key] = float(value.detach())
+        elif isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
 
 
 def _loss_value(outputs: Any) -> float | None:
@@ -377,10 +434,10 @@ def _trainer_datasets(trainer: Trainer, splits: Sequence[str]) -> dict[str, Data
     if "val" in splits:
         loaders = trainer.val_dataloaders
         if loaders is None:
-            try:  # not set up yet (no sanity check): let the validation loop load them now
+            # not set up yet (no sanity check): let the validation loop load them now; a failure
+            # leaves them missing, which the caller reports
+            with contextlib.suppress(Exception):
                 trainer.fit_loop.epoch_loop.val_loop.setup_data()
-            except Exception:  # noqa: S110 - no validation data is reported by the caller
-                pass
             loaders = trainer.val_dataloaders
         if isinstance(loaders, (list, tuple)):
             loaders = loaders[0] if loaders else None

@@ -54,8 +54,9 @@ def load_digits_dataset(name: str, seed: int = 0) -> tuple[TensorDataset, Tensor
 class FCClassifier(L.LightningModule):
     """Paper v3's fully connected network with accuracy from torchmetrics."""
 
-    def __init__(self, in_features: int, hidden: tuple[int, ...] = (500, 300, 100), num_classes: int = 10,
-                 lr: float = 1e-3) -> None:
+    def __init__(
+        self, in_features: int, hidden: tuple[int, ...] = (500, 300, 100), num_classes: int = 10, lr: float = 1e-3
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         layers: list[nn.Module] = []
@@ -89,20 +90,38 @@ class FCClassifier(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
 
 
-def run_demo(out: str | Path = "stiffness_logs", *, dataset: str = "mnist5k", epochs: int = 6,
-             every_n_steps: int = 50, per_class: int = 25, seed: int = 0, quiet: bool = False) -> StiffnessCallback:
+def run_demo(
+    out: str | Path = "stiffness_logs",
+    *,
+    dataset: str = "mnist5k",
+    epochs: int = 6,
+    every_n_steps: int = 50,
+    per_class: int = 25,
+    seed: int = 0,
+    quiet: bool = False,
+) -> StiffnessCallback:
     """Train with the callback; returns it (its ``measurements`` hold everything measured)."""
     L.seed_everything(seed, verbose=False)
     train, val = load_digits_dataset(dataset, seed)
     model = FCClassifier(train.tensors[0].shape[1])
     callback = StiffnessCallback(
-        every_n_steps=every_n_steps, log_points_per_decade=3, loss_thresholds=(0.5, 0.1), per_class=per_class,
-        seed=seed, bootstrap=50,
+        every_n_steps=every_n_steps,
+        log_points_per_decade=3,
+        loss_thresholds=(0.5, 0.1),
+        per_class=per_class,
+        seed=seed,
+        bootstrap=50,
     )
     logger = TensorBoardLogger(str(out), name="demo", default_hp_metric=False)
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, callbacks=[callback],
-        enable_checkpointing=False, enable_progress_bar=not quiet, enable_model_summary=not quiet,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=not quiet,
+        enable_model_summary=not quiet,
         log_every_n_steps=10,
     )
     trainer.fit(model, DataLoader(train, batch_size=32, shuffle=True), DataLoader(val, batch_size=256))
@@ -119,11 +138,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    cb = run_demo(args.out, dataset=args.dataset, epochs=args.epochs, every_n_steps=args.every_n_steps,
-                  per_class=args.per_class, seed=args.seed)
+    cb = run_demo(
+        args.out,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        every_n_steps=args.every_n_steps,
+        per_class=args.per_class,
+        seed=args.seed,
+    )
     elapsed = time.perf_counter() - start
-    print(f"\n{len(cb.measurements)} stiffness measurements in {elapsed:.0f} s "
-          f"({sum(m.seconds for m in cb.measurements):.1f} s measuring); step: sign within / between, cos within / between")
+    print(
+        f"\n{len(cb.measurements)} stiffness measurements in {elapsed:.0f} s "
+        f"({sum(m.seconds for m in cb.measurements):.1f} s measuring)\n"
+        "  step  trigger                      sign within / between   cos within / between"
+    )
     for m in cb.measurements:
         s, c = m.summaries["sign"]["all"], m.summaries["cos"]["all"]
         print(f"  {m.step:5d} {m.trigger:<28} {s.within:+.3f} / {s.between:+.3f}   {c.within:+.3f} / {c.between:+.3f}")

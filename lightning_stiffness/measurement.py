@@ -41,6 +41,8 @@ class Measurement:
         train_loss: smoothed training loss at the time (None if unknown).
         seconds: wall-clock cost of the whole measurement; gram_seconds: of the Gram alone.
         strategies: exact path taken per parameter (see :class:`~lightning_stiffness.GramResult`).
+        metrics: the trainer's scalar ``callback_metrics`` at the time (e.g. the last ``val_loss``),
+            for loss panels and overfitting onset in reports.
     """
 
     step: int
@@ -64,6 +66,7 @@ class Measurement:
     seconds: float = math.nan
     gram_seconds: float = math.nan
     strategies: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def num_examples(self) -> int:
@@ -87,7 +90,9 @@ class Measurement:
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         kwargs = dict(data)
         kwargs["split_names"] = tuple(kwargs["split_names"])
-        kwargs["summaries"] = {k: {p: StiffnessSummary(**s) for p, s in v.items()} for k, v in data["summaries"].items()}
+        kwargs["summaries"] = {
+            k: {p: StiffnessSummary(**s) for p, s in v.items()} for k, v in data["summaries"].items()
+        }
         kwargs["curves"] = {k: BinnedCurve(**v) for k, v in data.get("curves", {}).items()}
         kwargs["critical_lengths"] = {k: _critical_length(v) for k, v in data.get("critical_lengths", {}).items()}
         kwargs["layers"] = {k: StiffnessSummary(**v) for k, v in data.get("layers", {}).items()}

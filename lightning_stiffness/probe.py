@@ -31,12 +31,17 @@ class ProbeSpec:
         return tuple(self.indices)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"indices": {k: list(v) for k, v in self.indices.items()}, "seed": self.seed, "per_class": self.per_class}
+        return {
+            "indices": {k: list(v) for k, v in self.indices.items()},
+            "seed": self.seed,
+            "per_class": self.per_class,
+        }
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> ProbeSpec:
-        return cls({k: [int(i) for i in v] for k, v in state["indices"].items()}, int(state["seed"]),
-                   int(state["per_class"]))
+        return cls(
+            {k: [int(i) for i in v] for k, v in state["indices"].items()}, int(state["seed"]), int(state["per_class"])
+        )
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,8 @@ def collate_probe(
     missing = [name for name in spec.indices if name not in datasets]
     if missing:
         raise ValueError(f"the probe needs the splits {missing}, but only {list(datasets)} are available")
-    items, split_ids = [], []
+    items: list[Any] = []
+    split_ids: list[int] = []
     with torch.random.fork_rng(devices=[]):
         for k, (name, idx) in enumerate(spec.indices.items()):
             items.extend(datasets[name][i] for i in idx)

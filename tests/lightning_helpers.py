@@ -52,8 +52,14 @@ def loaders(batch_size: int = 16) -> tuple[DataLoader, DataLoader]:
 
 def trainer(tmp_path: Any, callbacks: list[Any], **kwargs: Any) -> L.Trainer:
     defaults: dict[str, Any] = dict(
-        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
         num_sanity_val_steps=0,
     )
     defaults.update(kwargs)

@@ -1,0 +1,356 @@
+"""Stiffness as a function of distance and the critical length ξ (paper.md §1.6-1.7).
+
+Two estimators of the distance at which stiffness decays to zero: (B) the first zero crossing
+of the binned mean curve (v1 "stiff domain size", Fig. 9-10) and (A) the zero of a
+least-squares line through the pairs (v3 "dynamical critical length"), with bootstrap
+confidence intervals over probe examples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from lightning_stiffness.analytics.stiffness import accumulation_dtype, as_float, pair_mask, square_matrix
+
+METHODS = ("zero_crossing", "linear_fit")
+
+#: Elements of the ``(resamples, pairs)`` weight matrix built at once.
+_CHUNK_ELEMENTS = 2**22
+
+
+@dataclass(frozen=True)
+class BinnedCurve:
+    """Mean ± standard error of stiffness in equal-width distance bins.
+
+    Attributes:
+        edges: ``(bins + 1,)`` bin edges; bin ``k`` is ``[edges[k], edges[k+1])``, the last one closed.
+        centers: ``(bins,)`` bin centres.
+        mean: ``(bins,)`` mean stiffness per bin, NaN in empty bins.
+        sem: ``(bins,)`` standard error of the mean (sample std / sqrt(count)), NaN with fewer than 2 pairs.
+        count: ``(bins,)`` number of pairs per bin (long).
+    """
+
+    edges: Tensor
+    centers: Tensor
+    mean: Tensor
+    sem: Tensor
+    count: Tensor
+
+
+@dataclass(frozen=True)
+class CriticalLength:
+    """A critical-length estimate and how it was obtained.
+
+    Attributes:
+        value: ξ, a distance (NaN when undefined).
+        crossed: True when the stiffness was found to reach zero; False for a censored zero
+            crossing (``value`` is then the largest distance seen), "no decay" of the linear fit, or no data.
+        method: ``"zero_crossing"`` (estimator B, v1) or ``"linear_fit"`` (estimator A, v3).
+        ci_low, ci_high: bootstrap confidence interval (NaN when no bootstrap ran).
+        window: the distance range the estimate used (binning range, or fit window), None without data.
+        slope, intercept: the fitted line ``S = intercept + slope · d`` (NaN for the zero crossing).
+    """
+
+    value: float
+    crossed: bool
+    method: str
+    ci_low: float
+    ci_high: float
+    window: tuple[float, float] | None
+    slope: float
+    intercept: float
+
+
+def binned_curve(
+    stiffness: Tensor,
+    distances: Tensor,
+    mask: Tensor,
+    *,
+    bins: int = 30,
+    value_range: tuple[float, float] | None = None,
+) -> BinnedCurve:
+    """Binned mean ± standard error of stiffness against distance (v1 Fig. 9: ≈30 equal-width
+    bins, one curve per layer and pair type).
+
+    Only the upper triangle ``i < j`` of ``mask`` is used (the matrices are symmetric), and only
+    pairs whose stiffness and distance are finite.
+
+    Args:
+        stiffness: ``(N, N)`` pairwise stiffness.
+        distances: ``(N, N)`` pairwise distances.
+        mask: bool ``(N, N)`` selecting pairs, e.g. :func:`pair_mask`.
+        bins: number of equal-width bins.
+        value_range: ``(low, high)`` of the bins; default ``(0, max distance of the selected pairs)``
+            (``(0, 1)`` when there is none or it is 0). Pairs outside the range are dropped.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    values, dists = _selected_pairs(stiffness, distances, mask)
+    if value_range is None:
+        high = float(dists.max()) if dists.numel() else 0.0
+        low, high = 0.0, high if high > 0 else 1.0
+    else:
+        low, high = float(value_range[0]), float(value_range[1])
+        if not high > low:
+            raise ValueError(f"value_range must satisfy low < high, got {value_range}")
+    edges = torch.linspace(low, high, bins + 1, dtype=dists.dtype, device=dists.device)
+    inside = (dists >= low) & (dists <= high)
+    values, dists = values[inside], dists[inside]
+    index = torch.bucketize(dists, edges[1:-1], right=True)
+
+    out_dtype = torch.promote_types(values.dtype, dists.dtype)
+    dtype = accumulation_dtype(values.device)
+    values = values.to(dtype)
+    count = torch.zeros(bins, dtype=torch.long, device=values.device).index_add_(0, index, torch.ones_like(index))
+    count_f = count.to(dtype)
+    sums = torch.zeros(bins, dtype=dtype, device=values.device).index_add_(0, index, values)
+    mean = torch.where(count > 0, sums / count_f.clamp_min(1), math.nan)
+    squares = torch.zeros_like(sums).index_add_(0, index, (values - mean[index]) ** 2)
+    sem = torch.where(count > 1, (squares / (count_f - 1).clamp_min(1) / count_f.clamp_min(1)).sqrt(), math.nan)
+    return BinnedCurve(
+        edges=edges,
+        centers=(edges[:-1] + edges[1:]) / 2,
+        mean=mean.to(out_dtype),
+        sem=sem.to(out_dtype),
+        count=count,
+    )
+
+
+def zero_crossing_length(curve: BinnedCurve) -> CriticalLength:
+    """Estimator (B), v1's "stiff domain size": the first zero-stiffness crossing of the binned
+    mean curve, walking from distance 0 upward (paper.md §1.7).
+
+    Over the non-empty bins: the first place the mean goes from ``> 0`` to ``≤ 0``, linearly
+    interpolated between the two bin centres. If the first non-empty bin is already ``≤ 0`` the
+    value is its centre (crossed). Without a crossing the value is censored at the upper edge of
+    the last non-empty bin and ``crossed`` is False; without data it is NaN.
+    """
+    edges = curve.edges.detach().cpu().tolist()
+    value, crossed = _first_zero_crossing(
+        curve.centers.detach().cpu().tolist(), curve.mean.detach().cpu().tolist(), curve.count > 0, edges[1:]
+    )
+    window = (float(edges[0]), float(edges[-1]))
+    return CriticalLength(value, crossed, "zero_crossing", math.nan, math.nan, window, math.nan, math.nan)
+
+
+def linear_fit_length(
+    stiffness: Tensor, distances: Tensor, mask: Tensor, *, max_distance: float | None = None
+) -> CriticalLength:
+    """Estimator (A), v3's "dynamical critical length": the zero of the least-squares line
+    ``S = a + b·d`` through the selected pairs (upper triangle ``i < j``), ``ξ = −a/b``
+    (paper.md §1.7).
+
+    ξ is defined (``crossed``) when ``b < 0`` and the crossing lies at ``d ≥ 0``; otherwise the
+    value is NaN ("no decay"). Fewer than two pairs, or a single distinct distance, gives NaN
+    slope and intercept.
+
+    Args:
+        max_distance: fit only pairs with ``d ≤ max_distance``; the window is ``(0, max_distance)``,
+            by default ``(0, max d)``.
+    """
+    values, dists = _selected_pairs(stiffness, distances, mask)
+    if max_distance is not None:
+        keep = dists <= max_distance
+        values, dists = values[keep], dists[keep]
+    high = float(max_distance) if max_distance is not None else (float(dists.max()) if dists.numel() else None)
+    window = (0.0, high) if high is not None else None
+    weights = torch.ones(1, values.shape[0], dtype=accumulation_dtype(values.device), device=values.device)
+    slope, intercept = (float(t) for t in _weighted_lines(weights, dists, values))
+    value, crossed = _line_zero(slope, intercept)
+    return CriticalLength(value, crossed, "linear_fit", math.nan, math.nan, window, slope, intercept)
+
+
+def critical_length(
+    stiffness: Tensor,
+    distances: Tensor,
+    labels: Tensor,
+    *,
+    method: str = "zero_crossing",
+    pairs: str = "within",
+    bins: int = 30,
+    max_distance: float | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
+    confidence: float = 0.9,
+) -> CriticalLength:
+    """Critical length ξ over the pairs of one kind (v3: within-class), with an optional
+    bootstrap confidence interval (paper.md §1.7, §5.1 item 7).
+
+    Args:
+        stiffness, distances: ``(N, N)`` symmetric pairwise matrices.
+        labels: ``(N,)`` class labels.
+        method: ``"zero_crossing"`` (:func:`zero_crossing_length` of :func:`binned_curve`) or
+            ``"linear_fit"`` (:func:`linear_fit_length`).
+        pairs: ``"within"``, ``"between"`` or ``"all"`` (:func:`pair_mask`, ``i ≠ j``).
+        bins: bins of the zero-crossing curve.
+        max_distance: the fit window of the linear fit, and the upper end of the binning range.
+        bootstrap: number of resamples of the probe *examples* with replacement, drawn as
+            ``torch.randint(0, N, (bootstrap, N), generator=torch.Generator().manual_seed(seed))``.
+            Each is the estimate on the resampled matrices ``M[index][:, index]`` without pairs of
+            two copies of one example, computed exactly and without materialising them: an original
+            pair ``a < b`` enters with multiplicity ``count(a) · count(b)``. The zero-crossing
+            resamples use the binning range of the point estimate.
+        seed: seed of the generator.
+        confidence: coverage of the interval ``[q_{(1−c)/2}, q_{(1+c)/2}]`` of the finite bootstrap
+            values (NaN if there are none).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    stiffness = as_float(square_matrix(stiffness, "stiffness"))
+    distances = as_float(square_matrix(distances, "distances")).to(stiffness.device)
+    mask = pair_mask(labels, pairs).to(stiffness.device)
+    if mask.shape != stiffness.shape or distances.shape != stiffness.shape:
+        raise ValueError(
+            f"stiffness {tuple(stiffness.shape)}, distances {tuple(distances.shape)} and labels "
+            f"{tuple(labels.shape)} must describe the same N examples"
+        )
+    if method == "linear_fit":
+        estimate = linear_fit_length(stiffness, distances, mask, max_distance=max_distance)
+    else:
+        value_range = (0.0, float(max_distance)) if max_distance is not None else None
+        estimate = zero_crossing_length(binned_curve(stiffness, distances, mask, bins=bins, value_range=value_range))
+    if bootstrap == 0 or estimate.window is None:
+        return estimate
+    multiplicity = _resample_counts(stiffness.shape[0], bootstrap, seed).to(
+        device=stiffness.device, dtype=accumulation_dtype(stiffness.device)
+    )
+    rows, cols = _pair_indices(stiffness, distances, mask)
+    values, dists = stiffness[rows, cols], distances[rows, cols]
+    if method == "linear_fit":
+        samples = _bootstrap_linear_fit(multiplicity, rows, cols, values, dists, max_distance)
+    else:
+        samples = _bootstrap_zero_crossing(multiplicity, rows, cols, values, dists, bins, estimate.window)
+    finite = samples[torch.isfinite(samples)]
+    if finite.numel() == 0:
+        return estimate
+    quantiles = torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=torch.float64)
+    low, high = torch.quantile(finite, quantiles).tolist()
+    return replace(estimate, ci_low=float(low), ci_high=float(high))
+
+
+def _resample_counts(n: int, bootstrap: int, seed: int) -> Tensor:
+    """``(bootstrap, n)`` multiplicity of every example in each resample with replacement."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, n, (bootstrap, n), generator=generator)
+    return torch.zeros(bootstrap, n).scatter_add_(1, draws, torch.ones(bootstrap, n))
+
+
+def _pair_chunks(multiplicity: Tensor, rows: Tensor, cols: Tensor) -> Iterator[Tensor]:
+    """Pair weights ``count(a) · count(b)`` of the resamples, ``(chunk, P)`` at a time."""
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[0]))
+    for start in range(0, multiplicity.shape[0], chunk):
+        counts = multiplicity[start : start + chunk]
+        yield counts[:, rows] * counts[:, cols]
+
+
+def _bootstrap_linear_fit(
+    multiplicity: Tensor, rows: Tensor, cols: Tensor, values: Tensor, dists: Tensor, max_distance: float | None
+) -> Tensor:
+    if max_distance is not None:
+        keep = dists <= max_distance
+        rows, cols, values, dists = rows[keep], cols[keep], values[keep], dists[keep]
+    samples = []
+    for weights in _pair_chunks(multiplicity, rows, cols):
+        slopes, intercepts = _weighted_lines(weights, dists, values)
+        samples += [_line_zero(b, a)[0] for b, a in zip(slopes.tolist(), intercepts.tolist())]
+    return torch.tensor(samples, dtype=torch.float64)
+
+
+def _bootstrap_zero_crossing(
+    multiplicity: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    values: Tensor,
+    dists: Tensor,
+    bins: int,
+    value_range: tuple[float, float],
+) -> Tensor:
+    low, high = value_range
+    edges = torch.linspace(low, high, bins + 1, dtype=dists.dtype, device=dists.device)
+    inside = (dists >= low) & (dists <= high)
+    rows, cols, values, dists = rows[inside], cols[inside], values[inside], dists[inside]
+    index = torch.bucketize(dists, edges[1:-1], right=True)
+    centers = ((edges[:-1] + edges[1:]) / 2).tolist()
+    upper_edges = edges[1:].tolist()
+    samples = []
+    for weights in _pair_chunks(multiplicity, rows, cols):
+        totals = torch.zeros(weights.shape[0], bins, dtype=weights.dtype, device=weights.device)
+        counts = totals.index_add(1, index, weights)
+        sums = totals.index_add(1, index, weights * values.to(weights.dtype))
+        means = (sums / counts.clamp_min(1)).tolist()
+        for row_means, row_nonempty in zip(means, (counts > 0).tolist()):
+            samples.append(_first_zero_crossing(centers, row_means, row_nonempty, upper_edges)[0])
+    return torch.tensor(samples, dtype=torch.float64)
+
+
+def _first_zero_crossing(
+    centers: Sequence[float], means: Sequence[float], nonempty: Sequence[bool] | Tensor, upper_edges: Sequence[float]
+) -> tuple[float, bool]:
+    """``(value, crossed)`` of estimator (B) over the bins flagged ``nonempty``."""
+    flags = nonempty.tolist() if isinstance(nonempty, Tensor) else nonempty
+    points = [(c, m, e) for c, m, e, f in zip(centers, means, upper_edges, flags) if f and math.isfinite(m)]
+    if not points:
+        return math.nan, False
+    if points[0][1] <= 0:
+        return float(points[0][0]), True
+    for (center_prev, mean_prev, _), (center, mean, _) in itertools.pairwise(points):
+        if mean <= 0:
+            return center_prev + mean_prev / (mean_prev - mean) * (center - center_prev), True
+    return float(points[-1][2]), False
+
+
+def _weighted_lines(weights: Tensor, dists: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted least-squares ``S = a + b·d``, one line per row of ``weights`` ``(B, P)``:
+    ``(slopes, intercepts)``, NaN where fewer than two pairs or one distinct distance carry weight."""
+    dists, values = dists.to(weights.dtype), values.to(weights.dtype)
+    total = weights.sum(dim=1)
+    safe_total = total.clamp_min(1)
+    d_mean = (weights @ dists) / safe_total
+    s_mean = (weights @ values) / safe_total
+    d_centred = dists[None, :] - d_mean[:, None]
+    spread = (weights * d_centred**2).sum(dim=1)
+    covariance = (weights * d_centred * (values[None, :] - s_mean[:, None])).sum(dim=1)
+    defined = (total >= 2) & (spread > 0)
+    slopes = torch.where(defined, covariance / torch.where(defined, spread, 1.0), math.nan)
+    intercepts = torch.where(defined, s_mean - slopes * d_mean, math.nan)
+    return slopes, intercepts
+
+
+def _line_zero(slope: float, intercept: float) -> tuple[float, bool]:
+    """``(ξ, crossed)`` of the line ``S = intercept + slope·d``: ``ξ = −a/b`` if ``b < 0`` and ``ξ ≥ 0``."""
+    if slope < 0 and -intercept / slope >= 0:
+        return -intercept / slope, True
+    return math.nan, False
+
+
+def _pair_indices(stiffness: Tensor, distances: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rows, cols)`` of the pairs ``i < j`` selected by ``mask`` whose stiffness and distance are finite."""
+    stiffness = as_float(square_matrix(stiffness, "stiffness"))
+    distances = as_float(square_matrix(distances, "distances")).to(stiffness.device)
+    mask = square_matrix(mask, "mask").to(device=stiffness.device, dtype=torch.bool)
+    if distances.shape != stiffness.shape or mask.shape != stiffness.shape:
+        raise ValueError(
+            f"stiffness {tuple(stiffness.shape)}, distances {tuple(distances.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same shape"
+        )
+    upper = torch.ones_like(mask).triu(diagonal=1)
+    selected = mask & upper & torch.isfinite(stiffness) & torch.isfinite(distances)
+    rows, cols = selected.nonzero(as_tuple=True)
+    return rows, cols
+
+
+def _selected_pairs(stiffness: Tensor, distances: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Stiffness and distance of the pairs ``i < j`` selected by ``mask`` with both finite."""
+    rows, cols = _pair_indices(stiffness, distances, mask)
+    stiffness = as_float(stiffness)
+    return stiffness[rows, cols], as_float(distances).to(stiffness.device)[rows, cols]

@@ -22,6 +22,7 @@ from lightning_stiffness.analytics import (
     sign_matrix,
     split_block_summaries,
     summarize,
+    superclass_stats,
 )
 from lightning_stiffness.measurement import Measurement
 
@@ -40,7 +41,10 @@ class AnalysisConfig:
         critical_length_pairs: pairs used for ξ: ``within`` (v3) or ``all``.
         max_distance: fit window of the linear-fit estimator (None: all distances).
         bootstrap: bootstrap resamples of probe examples for ξ confidence intervals (0: none).
-        seed: seed of the bootstrap.
+        seed: seed of the bootstrap (and of the super-class permutation test).
+        superclasses: fine class → super-class map (CIFAR-100 coarse labels); when given, each
+            measurement carries same- vs different-super-class statistics of the class matrices.
+        permutations: permutations of the super-class test.
     """
 
     num_classes: int | None = None
@@ -50,6 +54,8 @@ class AnalysisConfig:
     max_distance: float | None = None
     bootstrap: int = 0
     seed: int = 0
+    superclasses: tuple[int, ...] | None = None
+    permutations: int = 1000
 
 
 def stiffness_matrices(gram: Tensor) -> dict[str, Tensor]:
@@ -102,6 +108,11 @@ def analyze(
         m_coherence=m_coherence(gram),
         gradient_diversity=gradient_diversity(gram),
     )
+    if cfg.superclasses is not None:
+        for kind, class_matrix in (("sign", measurement.class_sign), ("cos", measurement.class_cos)):
+            measurement.superclass[kind] = superclass_stats(
+                class_matrix, list(cfg.superclasses), permutations=cfg.permutations, seed=cfg.seed
+            )
     for space, dist in (distances or {}).items():
         add_distance_analysis(measurement, space, dist.detach().cpu(), matrices, cfg)
     for name, block in (blocks or {}).items():
@@ -156,5 +167,10 @@ def scalar_metrics(m: Measurement) -> dict[str, float]:
     for name, summary in m.layers.items():
         out[f"stiffness/layer/{name}/cos/within"] = summary.within
         out[f"stiffness/layer/{name}/cos/between"] = summary.between
+    for kind, stats in m.superclass.items():
+        out[f"stiffness/superclass/{kind}/same"] = stats.same
+        out[f"stiffness/superclass/{kind}/different"] = stats.different
+        out[f"stiffness/superclass/{kind}/difference"] = stats.difference
+        out[f"stiffness/superclass/{kind}/p_value"] = stats.p_value
     out["stiffness/cost/seconds"] = m.seconds
     return {k: v for k, v in out.items() if v is not None and not math.isnan(v)}

@@ -8,6 +8,7 @@ The callback only orchestrates: probe (:mod:`~lightning_stiffness.probe`) → Gr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -78,8 +79,9 @@ class StiffnessCallback(Callback):
         bins, critical_length_pairs, max_distance, bootstrap: see :class:`AnalysisConfig`.
         log_images: TensorBoard images/histograms/figures (needs a ``TensorBoardLogger``).
         image_every: log images at every k-th measurement.
-        superclasses: fine class → super-class map; class matrices are reordered with block
-            borders and same- vs different-super-class statistics are logged.
+        superclasses: fine class → super-class map, or ``"datamodule"`` to read
+            ``trainer.datamodule.superclasses``; class matrices are then reordered with block
+            borders and same- vs different-super-class statistics are logged (CIFAR-100).
         save_dir: where measurements are saved (default ``<trainer.log_dir>/stiffness``).
 
     Example:
@@ -140,7 +142,7 @@ class StiffnessCallback(Callback):
         bootstrap: int = 0,
         log_images: bool = True,
         image_every: int = 1,
-        superclasses: Sequence[int] | None = None,
+        superclasses: Sequence[int] | str | None = None,
         save_dir: str | None = None,
     ) -> None:
         splits = tuple(splits)
@@ -178,7 +180,9 @@ class StiffnessCallback(Callback):
         )
         self.log_images = log_images
         self.image_every = image_every
-        self.superclasses = list(superclasses) if superclasses is not None else None
+        if isinstance(superclasses, str) and superclasses != "datamodule":
+            raise ValueError(f"superclasses must be a sequence of ints or 'datamodule', got {superclasses!r}")
+        self.superclasses: Sequence[int] | str | None = superclasses
         self.save_dir = save_dir
 
         self.measurements: list[Measurement] = []
@@ -311,12 +315,25 @@ class StiffnessCallback(Callback):
                 f"StiffnessCallback: no {missing} data to draw the probe from. Give the Trainer those dataloaders, "
                 "pass probe_datasets={'train': ..., 'val': ...}, or choose splits=(...) accordingly."
             )
+        self._resolve_superclasses(trainer)
         if self.probe_spec is None:
             self.probe_spec = choose_probe(datasets, self.per_class, self.seed, self.batch_adapter)
         collate_fn = _train_collate_fn(trainer)
         self._probe = collate_probe(datasets, self.probe_spec, collate_fn, self.batch_adapter)
         if self.input_distance and isinstance(self._probe.inputs, Tensor) and self._probe.inputs.is_floating_point():
             self._input_distances = input_distances(self._probe.inputs)
+
+    def _resolve_superclasses(self, trainer: Trainer) -> None:
+        mapping = self.superclasses
+        if mapping == "datamodule":
+            mapping = getattr(getattr(trainer, "datamodule", None), "superclasses", None)
+            if mapping is None:
+                raise MisconfigurationException(
+                    "StiffnessCallback(superclasses='datamodule') needs trainer.datamodule.superclasses (a list "
+                    "mapping each fine class to its super-class); the datamodule has none."
+                )
+        if mapping is not None:
+            self.analysis = dataclasses.replace(self.analysis, superclasses=tuple(int(c) for c in mapping))
 
     def _probe_on(self, device: torch.device) -> tuple[Any, Tensor]:
         assert self._probe is not None
@@ -395,7 +412,7 @@ class StiffnessCallback(Callback):
                 extra["stiffness/train_loss_smoothed"] = m.train_loss
             log_scalars(trainer.loggers, m, extra, step=m.step)
             if self.log_images and (len(self.measurements) - 1) % self.image_every == 0:
-                log_images(tensorboard_writers(trainer.loggers), m, m.step, self.superclasses)
+                log_images(tensorboard_writers(trainer.loggers), m, m.step, self.analysis.superclasses)
         except Exception as err:
             rank_zero_warn(
                 f"StiffnessCallback: logging the measurement at step {m.step} failed "

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_stiffness.analytics import BinnedCurve, CriticalLength, StiffnessSummary
+from lightning_stiffness.analytics import BinnedCurve, CriticalLength, StiffnessSummary, SuperclassStats
 
 
 @dataclass
@@ -41,6 +41,8 @@ class Measurement:
         train_loss: smoothed training loss at the time (None if unknown).
         seconds: wall-clock cost of the whole measurement; gram_seconds: of the Gram alone.
         strategies: exact path taken per parameter (see :class:`~lightning_stiffness.GramResult`).
+        superclass: per kind (``sign``/``cos``), same- vs different-super-class statistics of
+            the class matrix (when a super-class map is configured).
         metrics: the trainer's scalar ``callback_metrics`` at the time (e.g. the last ``val_loss``),
             for loss panels and overfitting onset in reports.
     """
@@ -66,6 +68,7 @@ class Measurement:
     seconds: float = math.nan
     gram_seconds: float = math.nan
     strategies: dict[str, str] = field(default_factory=dict)
+    superclass: dict[str, SuperclassStats] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -79,7 +82,7 @@ class Measurement:
             value = getattr(self, f.name)
             if f.name == "summaries":
                 value = {k: {p: asdict(s) for p, s in v.items()} for k, v in value.items()}
-            elif f.name in ("curves", "critical_lengths", "layers"):
+            elif f.name in ("curves", "critical_lengths", "layers", "superclass"):
                 value = {k: asdict(v) for k, v in value.items()}
             elif f.name == "split_names":
                 value = list(value)
@@ -96,6 +99,7 @@ class Measurement:
         kwargs["curves"] = {k: BinnedCurve(**v) for k, v in data.get("curves", {}).items()}
         kwargs["critical_lengths"] = {k: _critical_length(v) for k, v in data.get("critical_lengths", {}).items()}
         kwargs["layers"] = {k: StiffnessSummary(**v) for k, v in data.get("layers", {}).items()}
+        kwargs["superclass"] = {k: SuperclassStats(**v) for k, v in data.get("superclass", {}).items()}
         return cls(**kwargs)
 
 

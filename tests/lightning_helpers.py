@@ -17,6 +17,7 @@ class TinyClassifier(L.LightningModule):
     def __init__(self, lr: float = 1e-2, dropout: float = 0.2) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 3))
+        self.save_hyperparameters()
         self.lr = lr
 
     def forward(self, x: Tensor) -> Tensor:

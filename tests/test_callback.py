@@ -226,3 +226,32 @@ def test_no_warning_spam_from_engine(tmp_path: Path) -> None:
         warnings.simplefilter("always")
         _fit(tmp_path, [cb], max_epochs=1)
     assert not [w for w in caught if "per_example_gram" in str(w.message)]
+
+
+def test_superclasses_from_datamodule_and_run_info(tmp_path: Path) -> None:
+    class Data(L.LightningDataModule):
+        superclasses = [0, 1, 0]  # fine classes 0 and 2 share a super-class
+
+        def train_dataloader(self):  # type: ignore[no-untyped-def]
+            return loaders()[0]
+
+        def val_dataloader(self):  # type: ignore[no-untyped-def]
+            return loaders()[1]
+
+    cb = _cb(superclasses="datamodule", log_images=True)
+    L.seed_everything(0, verbose=False)
+    trainer(tmp_path, [cb], max_epochs=2, logger=TensorBoardLogger(str(tmp_path))).fit(TinyClassifier(), Data())
+    m = cb.measurements[-1]
+    cm = m.class_cos
+    assert m.superclass["cos"].same == pytest.approx(float(cm[0, 2] + cm[2, 0]) / 2, abs=1e-6)
+    others = [cm[a, b] for a in range(3) for b in range(3) if a != b and {a, b} != {0, 2}]
+    assert m.superclass["cos"].different == pytest.approx(float(sum(others) / len(others)), abs=1e-6)
+    assert load_measurements(tmp_path)[-1].superclass == m.superclass
+    info = __import__("json").loads(next(tmp_path.rglob("run.json")).read_text())
+    assert info["hparams"]["lr"] == 1e-2 and info["callback"]["per_class"] == 5
+    assert "val_loss" in m.metrics and "val_loss" not in cb.measurements[0].metrics  # first validation after step 6
+
+
+def test_superclasses_datamodule_missing_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(MisconfigurationException, match="trainer.datamodule.superclasses"):
+        _fit(tmp_path, [_cb(superclasses="datamodule")], max_epochs=1)

@@ -284,8 +284,12 @@ class StiffnessCallback(Callback):
     def _save_run_info(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """``run.json`` beside the measurements: the module's hyperparameters (e.g. the learning
         rate, for sweeps) and the measurement settings, so reports need no other source."""
+        datamodule = getattr(trainer, "datamodule", None)
         info = {
             "hparams": dict(pl_module.hparams),
+            "datamodule_hparams": dict(getattr(datamodule, "hparams", {}) or {}),
+            "representation_layers": list(self.representation_layers),
+            "superclasses": list(self.analysis.superclasses) if self.analysis.superclasses else None,
             "callback": {
                 "splits": list(self.splits),
                 "per_class": self.per_class,

@@ -230,7 +230,7 @@ def test_no_warning_spam_from_engine(tmp_path: Path) -> None:
 
 def test_superclasses_from_datamodule_and_run_info(tmp_path: Path) -> None:
     class Data(L.LightningDataModule):
-        superclasses = [0, 1, 0]  # fine classes 0 and 2 share a super-class
+        superclasses = (0, 1, 0)  # fine classes 0 and 2 share a super-class
 
         def train_dataloader(self):  # type: ignore[no-untyped-def]
             return loaders()[0]
@@ -253,5 +253,5 @@ def test_superclasses_from_datamodule_and_run_info(tmp_path: Path) -> None:
 
 
 def test_superclasses_datamodule_missing_is_clear(tmp_path: Path) -> None:
-    with pytest.raises(MisconfigurationException, match="trainer.datamodule.superclasses"):
+    with pytest.raises(MisconfigurationException, match=r"trainer\.datamodule\.superclasses"):
         _fit(tmp_path, [_cb(superclasses="datamodule")], max_epochs=1)

@@ -1,0 +1,232 @@
+"""The paper's figures redrawn from saved measurements (matplotlib, Agg canvas)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lightning_stiffness.analytics import reorder_by_superclass
+from lightning_stiffness.figures import distance_figure, new_figure
+from lightning_stiffness.measurement import Measurement
+from lightning_stiffness.report.runs import Run
+
+KIND_TITLES = {"sign": "E[sign(g₁·g₂)]", "cos": "E[cos(g₁, g₂)]"}
+
+
+def overfitting_onset(run: Run) -> int | None:
+    """Step of the minimum validation loss when it rises afterwards (v1 Fig. 2's dashed line)."""
+    losses = run.val_losses()
+    if len(losses) < 3:
+        return None
+    best = min(range(len(losses)), key=lambda i: losses[i][1])
+    if best == len(losses) - 1 or losses[-1][1] <= losses[best][1] * 1.05:
+        return None
+    return losses[best][0]
+
+
+def training_figure(run: Run) -> Any:
+    """v1 Fig. 2 / v3 Fig. 3: within, all and between stiffness over training (sign solid,
+    cosine dashed) above the training and validation loss, with the overfitting onset."""
+    fig = new_figure(6.5, 6.0)
+    top, bottom = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2, sharex=None)
+    ms = run.measurements
+    x = [m.step + 1 for m in ms]
+    colors = {"within": "tab:blue", "all": "tab:green", "between": "tab:red"}
+    for kind, style in (("sign", "-"), ("cos", "--")):
+        for pairs, color in colors.items():
+            y = [getattr(m.summaries[kind]["all"], pairs) for m in ms]
+            top.plot(
+                x,
+                y,
+                style,
+                color=color,
+                marker=".",
+                label=f"{kind} {pairs}-class" if pairs != "all" else f"{kind} all pairs",
+            )
+    top.axhline(0, color="grey", linewidth=0.8)
+    top.set_xscale("log")
+    top.set_ylabel("stiffness")
+    top.set_ylim(-1.05, 1.05)
+    top.set_title(f"Stiffness over training — {run.name}")
+    top.legend(fontsize=7, ncol=2)
+    train = [(m.step + 1, m.train_loss) for m in ms if m.train_loss is not None and math.isfinite(m.train_loss)]
+    if train:
+        bottom.plot(*zip(*train), marker=".", label="training loss (smoothed)")
+    val = [(s + 1, v) for s, v in run.val_losses()]
+    if val:
+        bottom.plot(*zip(*val), marker=".", label="validation loss")
+    onset = overfitting_onset(run)
+    if onset is not None:
+        for ax in (top, bottom):
+            ax.axvline(onset + 1, color="orange", linestyle="--", linewidth=1.2)
+    bottom.set_xscale("log")
+    if train or val:
+        bottom.set_yscale("log")
+        bottom.legend(fontsize=7)
+    bottom.set_xlabel("optimizer step + 1")
+    bottom.set_ylabel("loss")
+    fig.tight_layout()
+    return fig
+
+
+def pick_steps(ms: Sequence[Measurement], count: int = 4) -> list[int]:
+    """``count`` measured steps spread log-uniformly from the first to the last."""
+    steps = sorted({m.step for m in ms})
+    if len(steps) <= count:
+        return steps
+    targets = torch.logspace(math.log10(steps[0] + 1), math.log10(steps[-1] + 1), count).tolist()
+    chosen: list[int] = []
+    for t in targets:
+        best = min((s for s in steps if s not in chosen), key=lambda s: abs(math.log(s + 1) - math.log(t)))
+        chosen.append(best)
+    return sorted(chosen)
+
+
+def class_matrix_grid(run: Run, kind: str = "sign", steps: Sequence[int] | None = None) -> Any:
+    """v1 Figs 3-7: class stiffness matrices at up to four stages of training, on a fixed
+    [-1, 1] diverging scale; CIFAR-100 style runs are reordered by super-class with borders."""
+    by_step = {m.step: m for m in run.measurements}
+    chosen = [s for s in (steps or pick_steps(run.measurements)) if s in by_step][:4]
+    superclasses = run.info.get("superclasses")
+    fig = new_figure(8.0, 7.0)
+    image = None
+    for k, step in enumerate(chosen):
+        m = by_step[step]
+        matrix = m.class_sign if kind == "sign" else m.class_cos
+        borders: list[int] = []
+        if superclasses:
+            matrix, _, borders = reorder_by_superclass(matrix, superclasses)
+        ax = fig.add_subplot(2, 2, k + 1)
+        image = ax.imshow(matrix.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        for b in borders:
+            ax.axhline(b - 0.5, color="black", linewidth=0.6)
+            ax.axvline(b - 0.5, color="black", linewidth=0.6)
+        ax.set_title(f"{KIND_TITLES[kind]}, step={step}", fontsize=9)
+        ax.set_xlabel("class 1 (gradient based on it)", fontsize=8)
+        ax.set_ylabel("class 2", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=fig.axes, shrink=0.8)
+    fig.suptitle(f"Class stiffness matrices — {run.name}")
+    return fig
+
+
+def distance_by_space_figure(run: Run, kind: str = "sign", pairs: str = "all") -> Any:
+    """v1 Fig. 9: stiffness vs distance at the last measurement, one curve per space
+    (input and each representation layer)."""
+    m = run.measurements[-1]
+    curves = {key.split("/")[0]: c for key, c in m.curves.items() if key.endswith(f"/{kind}/{pairs}")}
+    return distance_figure(
+        curves,
+        None,
+        title=f"{kind} stiffness, {pairs} pairs, step {m.step} — {run.name}",
+        xlabel="cosine distance 1 − cos(R₁, R₂)",
+    )
+
+
+def superclass_figure(run: Run) -> Any:
+    """Same- minus different-super-class class stiffness over training, with p-values."""
+    fig = new_figure(6.0, 3.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for kind in ("sign", "cos"):
+        pts = [
+            (m.step + 1, m.superclass[kind].difference, m.superclass[kind].p_value)
+            for m in run.measurements
+            if kind in m.superclass
+        ]
+        if pts:
+            x, y, _p = zip(*pts)
+            ax.plot(x, y, marker="o", label=f"{kind}: same − different super-class")
+            for xi, yi, pi in pts:
+                if pi < 0.05:
+                    ax.annotate("*", (xi, yi), fontsize=10, ha="center")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("optimizer step + 1")
+    ax.set_ylabel("Δ class stiffness")
+    ax.set_title(f"Super-class structure (* p < 0.05) — {run.name}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def at_loss_threshold(run: Run, threshold: float) -> Measurement | None:
+    """The measurement triggered when the smoothed training loss first reached ``threshold``."""
+    tag = f"loss<={threshold:g}"
+    return next((m for m in run.measurements if tag in m.trigger.split("+")), None)
+
+
+def at_epoch_end(run: Run, epoch: int) -> Measurement | None:
+    return next((m for m in run.measurements if "epoch_end" in m.trigger and m.epoch == epoch), None)
+
+
+def loss_thresholds(runs: Sequence[Run]) -> list[float]:
+    values = {float(t) for r in runs for t in r.info.get("callback", {}).get("loss_thresholds", [])}
+    return sorted(values, reverse=True)
+
+
+def lr_between_figure(runs: Sequence[Run], kind: str = "sign") -> Any:
+    """v1 Fig. 8 (equal training loss) and v3's equal-epoch view: between-class stiffness vs
+    learning rate, one line per loss threshold (left) and per epoch (right)."""
+    fig = new_figure(10.0, 4.0)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    with_lr = [r for r in runs if r.lr is not None]
+    for t in loss_thresholds(with_lr):
+        pts = [(r.lr, m.summaries[kind]["all"].between) for r in with_lr if (m := at_loss_threshold(r, t))]
+        if pts:
+            left.plot(*zip(*sorted(pts)), marker="o", label=f"training loss {t:g}")
+    epochs = sorted({m.epoch for r in with_lr for m in r.measurements if "epoch_end" in m.trigger})
+    for e in epochs:
+        pts = [(r.lr, m.summaries[kind]["all"].between) for r in with_lr if (m := at_epoch_end(r, e))]
+        if pts:
+            right.plot(*zip(*sorted(pts)), marker="o", label=f"epoch {e + 1}")
+    for ax, title in ((left, "at equal training loss (v1 Fig. 8)"), (right, "at equal epoch (v3)")):
+        ax.set_xscale("log")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(f"between-class {kind} stiffness")
+        ax.set_title(title, fontsize=9)
+        if ax.lines[1:]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def lr_critical_length_figure(
+    runs: Sequence[Run], threshold: float, kind: str = "sign", estimator: str = "zero_crossing"
+) -> Any:
+    """v1 Fig. 10: critical length ξ vs learning rate per space (input, layers) at one
+    training loss; censored values (no crossing) drawn hollow."""
+    fig = new_figure(6.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    spaces = sorted({k.split("/")[0] for r in runs for m in r.measurements for k in m.critical_lengths})
+    for space in spaces:
+        pts = []
+        for r in runs:
+            m = at_loss_threshold(r, threshold)
+            xi = m.critical_lengths.get(f"{space}/{kind}/{estimator}") if m else None
+            if r.lr is not None and xi is not None and math.isfinite(xi.value):
+                pts.append((r.lr, xi.value, xi.crossed))
+        if pts:
+            pts.sort()
+            (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=space)
+            hollow = [p for p in pts if not p[2]]
+            if hollow:
+                ax.scatter(
+                    [p[0] for p in hollow],
+                    [p[1] for p in hollow],
+                    facecolors="white",
+                    edgecolors=line.get_color(),
+                    zorder=3,
+                )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"critical length ξ ({estimator})")
+    ax.set_title(f"ξ at training loss {threshold:g} (hollow: no crossing, censored)", fontsize=9)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 
 from lightning_stiffness.analysis import AnalysisConfig, analyze
 from lightning_stiffness.analytics import capture_representations, cosine_distance_matrix, input_distances
-from lightning_stiffness.gram import per_example_gram_blocks
+from lightning_stiffness.gram import GramResult
+from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
 from lightning_stiffness.gram.inputs import LossFn
 from lightning_stiffness.log import custom_scalars_layout, log_images, log_scalars, tensorboard_writers
 from lightning_stiffness.measurement import Measurement, load_measurement, save_measurement
@@ -193,6 +194,7 @@ class StiffnessCallback(Callback):
         self._device_probe: tuple[torch.device, Any, Tensor] | None = None
         self._input_distances: Tensor | None = None
         self._last_step: int | None = None
+        self._measured_steps: set[int] = set()
         self._pending: list[str] = []
         self._measure_seconds = 0.0
         self._train_start: float | None = None
@@ -217,20 +219,24 @@ class StiffnessCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._train_start = time.perf_counter()
         self._last_step = trainer.global_step
-        if not trainer.is_global_zero:
+        if not self._participates(trainer):
             return
         self._prepare_probe(trainer)
         self._save_run_info(trainer, pl_module)
         for writer in tensorboard_writers(trainer.loggers):
             writer.add_custom_scalars(custom_scalars_layout())
         trigger = self.schedule.step_trigger(trainer.global_step) if trainer.global_step == 0 else None
-        if trigger and not any(m.step == 0 for m in self.measurements):
+        if trigger and 0 not in self._measured_steps:
             self._measure(trainer, pl_module, trigger)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = _loss_value(outputs)
+        if self.schedule.loss_thresholds and is_distributed():
+            # thresholds must trigger on every rank at the same step: agree on the mean loss
+            local = torch.tensor(math.nan if loss is None else loss, device=pl_module.device)
+            loss = float(trainer.strategy.reduce(local, reduce_op="mean"))
         if loss is not None:
             self._pending.extend(f"loss<={t:g}" for t in self.schedule.update_loss(loss))
         step = trainer.global_step
@@ -240,13 +246,13 @@ class StiffnessCallback(Callback):
         trigger = self.schedule.step_trigger(step)
         triggers = [*self._pending, *([trigger] if trigger else [])]
         self._pending = []
-        if triggers and trainer.is_global_zero:
+        if triggers and self._participates(trainer):
             self._measure(trainer, pl_module, "+".join(triggers))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.schedule.at_epoch_end or not trainer.is_global_zero:
+        if not self.schedule.at_epoch_end or not self._participates(trainer):
             return
-        if self.measurements and self.measurements[-1].step == trainer.global_step:
+        if trainer.global_step in self._measured_steps:
             return
         self._measure(trainer, pl_module, "epoch_end")
 
@@ -257,6 +263,7 @@ class StiffnessCallback(Callback):
             "saved_files": list(self.saved_files),
             "failures": list(self.failures),
             "measure_seconds": self._measure_seconds,
+            "measured_steps": sorted(self._measured_steps),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -265,10 +272,16 @@ class StiffnessCallback(Callback):
         self.schedule.load_state_dict(state_dict.get("schedule", {}))
         self.failures = list(state_dict.get("failures", []))
         self._measure_seconds = float(state_dict.get("measure_seconds", 0.0))
+        self._measured_steps = {int(s) for s in state_dict.get("measured_steps", [])}
         self.saved_files = [f for f in state_dict.get("saved_files", []) if Path(f).exists()]
         self.measurements = [load_measurement(f) for f in self.saved_files]
 
     # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _participates(trainer: Trainer) -> bool:
+        """Rank 0 measures; under DDP every rank takes part in the Gram's collectives."""
+        return trainer.is_global_zero or is_distributed()
 
     def _measured_module(self, pl_module: LightningModule) -> nn.Module:
         if self.module_attr is None:
@@ -347,11 +360,18 @@ class StiffnessCallback(Callback):
         return self._device_probe[1], self._device_probe[2]
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule, trigger: str) -> None:
+        """One measurement. Under DDP every rank runs the Gram (its share of the layers, then one
+        all-reduce); only global rank 0 analyses, saves and logs."""
         step = trainer.global_step
+        self._measured_steps.add(step)  # on every rank, so all ranks agree on what is still due
         start = time.perf_counter()
         try:
             self._prepare_probe(trainer)
-            measurement = self._compute(pl_module, step, trainer.current_epoch, trigger)
+            module = self._measured_module(pl_module)
+            result, gram_seconds = self._gram(module)
+            if not trainer.is_global_zero:
+                return
+            measurement = self._analyze(module, result, step, trainer.current_epoch, trigger)
         except Exception as err:  # a measurement must never stop training
             if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -362,31 +382,34 @@ class StiffnessCallback(Callback):
         seconds = time.perf_counter() - start
         self._measure_seconds += seconds
         measurement.seconds = seconds
+        measurement.gram_seconds = gram_seconds
         measurement.metrics = _scalar_metrics(trainer.callback_metrics)
         self.measurements.append(measurement)
         self._publish(trainer, measurement)
 
-    def _compute(self, pl_module: LightningModule, step: int, epoch: int, trigger: str) -> Measurement:
-        assert self._probe is not None
-        module = self._measured_module(pl_module)
+    def _gram(self, module: nn.Module) -> tuple[GramResult, float]:
         device = next(module.parameters()).device
         inputs, targets = self._probe_on(device)
-        gram_start = time.perf_counter()
-        result = per_example_gram_blocks(
+        start = time.perf_counter()
+        result = distributed_gram(
             module,
             inputs,
             targets,
             loss_fn=self.loss_fn,
-            method=self.method,  # type: ignore[arg-type]
+            method=self.method,
             params=self.params,
             memory_budget=self.memory_budget,
             return_blocks=self.layerwise,
         )
-        gram_seconds = time.perf_counter() - gram_start
+        return result, time.perf_counter() - start
+
+    def _analyze(self, module: nn.Module, result: GramResult, step: int, epoch: int, trigger: str) -> Measurement:
+        assert self._probe is not None
         distances: dict[str, Tensor] = {}
         if self._input_distances is not None:
             distances["input"] = self._input_distances
         if self.representation_layers:
+            inputs, _ = self._probe_on(next(module.parameters()).device)
             reps = capture_representations(module, inputs, self.representation_layers)
             distances.update({f"layer:{name}": cosine_distance_matrix(r) for name, r in reps.items()})
         measurement = analyze(
@@ -401,7 +424,6 @@ class StiffnessCallback(Callback):
             blocks=result.blocks if self.layerwise else None,
             config=self.analysis,
         )
-        measurement.gram_seconds = gram_seconds
         measurement.strategies = result.strategies
         measurement.train_loss = self.schedule.smoothed_loss
         return measurement

@@ -1,0 +1,101 @@
+"""Multi-process runs for tests/test_distributed.py (run as ``python -m tests.distributed_worker``).
+
+Kept out of the pytest process: spawning ranks from inside pytest re-imports the test session.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_stiffness.gram.distributed import distributed_gram
+
+
+def probe_model() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(2, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(24, 8),
+        torch.nn.LayerNorm(8),
+        torch.nn.Linear(8, 3),
+    )
+    return model, torch.randn(10, 2, 6), torch.arange(10) % 3
+
+
+def _engine_rank(rank: int, world: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
+    model, x, y = probe_model()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    result = distributed_gram(model, x, y, return_blocks=True)
+    grads_untouched = all(bool((p.grad == 7.0).all()) for p in model.parameters())
+    torch.save(
+        {
+            "gram": result.gram,
+            "blocks": result.blocks,
+            "strategies": result.strategies,
+            "grads_untouched": grads_untouched,
+        },
+        f"{out}/engine_rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+def _fit(out: str, with_callback: bool) -> dict[str, torch.Tensor]:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lightning_stiffness import StiffnessCallback
+    from tests.lightning_helpers import TinyClassifier, tiny_data
+
+    L.seed_everything(0, verbose=False)
+    model = TinyClassifier(dropout=0.0)
+    callbacks = []
+    if with_callback:
+        callbacks.append(
+            StiffnessCallback(
+                every_n_steps=2,
+                per_class=4,
+                splits=("train",),
+                log_images=False,
+                loss_thresholds=(0.9,),
+                save_dir=f"{out}/measurements",
+            )
+        )
+    trainer = L.Trainer(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_steps=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        default_root_dir=out,
+    )
+    trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def main() -> None:
+    mode, out = sys.argv[1], sys.argv[2]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    if mode == "engine":
+        mp.spawn(_engine_rank, args=(2, out), nprocs=2, join=True)
+    elif mode == "ddp":
+        torch.save({"plain": _fit(out, False), "probed": _fit(out, True)}, f"{out}/ddp_weights.pt")
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

@@ -1,0 +1,82 @@
+"""Two CPU processes (gloo): the distributed Gram and the callback under Lightning DDP.
+
+Each multi-process run happens in a subprocess bounded by a timeout, so a hang fails the test
+instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_stiffness import load_measurements, per_example_gram, per_example_gram_blocks
+from lightning_stiffness.gram.distributed import partition_parameters
+from lightning_stiffness.probe import choose_probe, collate_probe
+from tests.distributed_worker import probe_model
+from tests.lightning_helpers import TinyClassifier, tiny_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_worker(mode: str, out: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.distributed_worker", mode, str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_partition_is_balanced_disjoint_and_complete() -> None:
+    model, _, _ = probe_model()
+    params = dict(model.named_parameters())
+    groups = partition_parameters(params, 2)
+    assert sorted(n for g in groups for n in g) == sorted(params)
+    sizes = [sum(params[n].numel() for n in g) for g in groups]
+    assert max(sizes) - min(sizes) <= max(p.numel() for p in params.values())
+    assert partition_parameters(params, 2) == groups  # deterministic: every rank agrees
+
+
+def test_distributed_gram_equals_single_process(tmp_path: Path) -> None:
+    _run_worker("engine", tmp_path)
+    model, x, y = probe_model()
+    reference = per_example_gram_blocks(model, x, y, return_blocks=True)
+    ranks = [torch.load(tmp_path / f"engine_rank{r}.pt") for r in (0, 1)]
+    for res in ranks:
+        torch.testing.assert_close(res["gram"], reference.gram, rtol=1e-5, atol=1e-6)
+        assert res["blocks"].keys() == reference.blocks.keys()
+        for name, block in reference.blocks.items():
+            torch.testing.assert_close(res["blocks"][name], block, rtol=1e-5, atol=1e-6)
+        assert res["grads_untouched"], ".grad changed during the distributed Gram"
+        assert set(res["strategies"]) == set(reference.strategies)
+
+
+def test_callback_under_ddp(tmp_path: Path) -> None:
+    _run_worker("ddp", tmp_path)
+    weights = torch.load(tmp_path / "ddp_weights.pt")
+    for name, value in weights["plain"].items():
+        assert torch.equal(value, weights["probed"][name]), f"{name}: the callback changed DDP training"
+    measurements = load_measurements(tmp_path / "measurements")
+    steps = [m.step for m in measurements]
+    assert steps[:2] == [0, 2] and len(set(steps)) == len(steps)
+    # step 0 is measured before any update: the Gram of the seeded initial model
+    L.seed_everything(0, verbose=False)
+    model = TinyClassifier(dropout=0.0)
+    data = {"train": tiny_data(96, 0)}
+    probe = collate_probe(data, choose_probe(data, per_class=4, seed=0))
+    expected = per_example_gram(model, probe.inputs, probe.targets)
+    torch.testing.assert_close(measurements[0].gram, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_partition_edge_cases(world: int) -> None:
+    params = {"a": torch.nn.Parameter(torch.zeros(5)), "b": torch.nn.Parameter(torch.zeros(2))}
+    groups = partition_parameters(params, world)
+    assert len(groups) == world and sorted(n for g in groups for n in g) == ["a", "b"]

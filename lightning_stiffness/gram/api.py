@@ -133,7 +133,8 @@ def per_example_gram_blocks(
         ran = _run(method, model, selected, batch, loss_fn, acc, budget, layer_strategy)
         acc.finish()
     gram = acc.gram
-    nonfinite = int((~torch.isfinite(gram)).any(dim=1).sum())
+    # a non-finite g_i spoils its whole row and column; its own squared norm G_ii names it
+    nonfinite = int((~torch.isfinite(torch.diagonal(gram))).sum())
     if nonfinite:
         warnings.warn(
             f"per_example_gram: the gradients of {nonfinite} of {batch.n} examples are not finite "

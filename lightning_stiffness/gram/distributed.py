@@ -87,6 +87,6 @@ def distributed_gram(
     dist.all_gather_object(gathered, strategies, group=group)
     merged = {k: v for part in gathered if part for k, v in part.items()}
     gram = stacked[0]
-    nonfinite = int((~torch.isfinite(gram)).any(dim=1).sum())
+    nonfinite = int((~torch.isfinite(torch.diagonal(gram))).sum())
     block_grams = {name: stacked[1 + i] for i, name in enumerate(blocks)} if return_blocks else {}
     return GramResult(gram, block_grams, merged, partial.method if partial else "kernel", nonfinite)

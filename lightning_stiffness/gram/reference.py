@@ -66,7 +66,10 @@ def vmap_rows(model: nn.Module, params: dict[str, nn.Parameter], batch: ProbeBat
 
     def rows(start: int, stop: int) -> Tensor:
         part = vbatch.rows(start, stop)
-        return batched(detached, part.inputs, part.targets)
+        # torch.func.grad ignores an outer no_grad; it keeps the result detached from the
+        # unselected parameters, which functional_call leaves in the graph
+        with torch.no_grad():
+            return batched(detached, part.inputs, part.targets)
 
     return rows
 

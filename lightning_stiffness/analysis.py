@@ -38,7 +38,7 @@ class AnalysisConfig:
         num_classes: number of classes (default: largest probe label + 1).
         include_self: keep i=j pairs in class matrices and summaries (paper v3 excludes them).
         bins: distance bins of the stiffness-vs-distance curves (v1 Fig. 9 used about 30).
-        critical_length_pairs: pairs used for ξ: ``within`` (v3) or ``all``.
+        critical_length_pairs: pairs used for ξ: ``within`` (v3), ``between`` or ``all``.
         max_distance: fit window of the linear-fit estimator (None: all distances).
         bootstrap: bootstrap resamples of probe examples for ξ confidence intervals (0: none).
         seed: seed of the bootstrap (and of the super-class permutation test).

@@ -262,18 +262,23 @@ def _mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.0f} MiB" if nbytes < 2**30 else f"{nbytes / 2**30:.2f} GiB"
 
 
-def build_cases(device: torch.device, full: bool) -> list[tuple[BenchCase, int, bool]]:
-    """(case, N, run the recipe?) — CPU sizes by default, the issue's GPU sizes with ``--full``."""
+CaseFactory = Callable[[], tuple[BenchCase, int, bool]]
+
+
+def build_cases(device: torch.device, full: bool) -> list[tuple[str, CaseFactory]]:
+    """(name, factory → (case, N, run the recipe?)); CPU sizes by default, the issue's GPU sizes
+    with ``--full``. Factories are lazy, so ``--only`` needs only the packages its cases use."""
     gpu = device.type == "cuda"
-    cases = [
-        (mlp_case(512, device, 1024 if gpu else 512), 512, True),
-        (small_cnn_case(256, device), 256, True),
-        (resnet18_case(512 if gpu else 128, device), 512 if gpu else 128, True),
-        (bert_case(64, device, base=False, seq_len=32), 64, False),
+    width, n_resnet = (1024, 512) if gpu else (512, 128)
+    cases: list[tuple[str, CaseFactory]] = [
+        ("mlp", lambda: (mlp_case(512, device, width), 512, True)),
+        ("cnn", lambda: (small_cnn_case(256, device), 256, True)),
+        ("resnet18", lambda: (resnet18_case(n_resnet, device), n_resnet, True)),
+        ("tiny-bert", lambda: (bert_case(64, device, base=False, seq_len=32), 64, False)),
     ]
     if full:
-        cases.append((mlp_case(8192, device, 2048), 8192, False))
-        cases.append((bert_case(256, device, base=True, seq_len=128), 256, False))
+        cases.append(("mlp-8192", lambda: (mlp_case(8192, device, 2048), 8192, False)))
+        cases.append(("bert-base", lambda: (bert_case(256, device, base=True, seq_len=128), 256, False)))
     return cases
 
 
@@ -281,15 +286,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", nargs="*", help="substrings of case names to run")
+    parser.add_argument(
+        "--only", nargs="*", help="case keys to run: mlp, cnn, resnet18, tiny-bert, mlp-8192, bert-base"
+    )
     parser.add_argument("--full", action="store_true", help="also the large GPU cases (N=8192 MLP, BERT-base)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {_device_name(device)}, threads {torch.get_num_threads()}")
-    for case, n, with_recipe in build_cases(device, args.full):
-        if args.only and not any(s.lower() in case.name.lower() for s in args.only):
+    for key, factory in build_cases(device, args.full):
+        if args.only and key not in args.only:
             continue
+        case, n, with_recipe = factory()
         results = run_case(case, device, args.repeats, with_recipe)
         print(format_results(case, n, results), flush=True)
 

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from lightning_stiffness.analysis import AnalysisConfig, analyze
 from lightning_stiffness.analytics import capture_representations, cosine_distance_matrix, input_distances
-from lightning_stiffness.gram import GramResult
+from lightning_stiffness.gram import GramResult, select_parameters
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
 from lightning_stiffness.gram.inputs import LossFn
 from lightning_stiffness.log import custom_scalars_layout, log_images, log_scalars, tensorboard_writers
@@ -197,6 +197,7 @@ class StiffnessCallback(Callback):
         self._measured_steps: set[int] = set()
         self._pending: list[str] = []
         self._measure_seconds = 0.0
+        self._train_seconds_before = 0.0  # training wall-clock of earlier (resumed-from) fits
         self._train_start: float | None = None
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -214,7 +215,10 @@ class StiffnessCallback(Callback):
                 f"has {[type(lg).__name__ for lg in trainer.loggers] or 'no logger'}. Add "
                 "Trainer(logger=TensorBoardLogger(...)) or pass StiffnessCallback(log_images=False)."
             )
-        self._measured_module(pl_module)  # validates module_attr early
+        try:  # fail at setup, not at every measurement, on a wrong module_attr or params name
+            select_parameters(self._measured_module(pl_module), self.params)
+        except (AttributeError, ValueError, TypeError) as err:
+            raise MisconfigurationException(f"StiffnessCallback: {err}") from err
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._train_start = time.perf_counter()
@@ -222,7 +226,8 @@ class StiffnessCallback(Callback):
         if not self._participates(trainer):
             return
         self._prepare_probe(trainer)
-        self._save_run_info(trainer, pl_module)
+        if trainer.is_global_zero:
+            self._save_run_info(trainer, pl_module)
         for writer in tensorboard_writers(trainer.loggers):
             writer.add_custom_scalars(custom_scalars_layout())
         trigger = self.schedule.step_trigger(trainer.global_step) if trainer.global_step == 0 else None
@@ -263,6 +268,7 @@ class StiffnessCallback(Callback):
             "saved_files": list(self.saved_files),
             "failures": list(self.failures),
             "measure_seconds": self._measure_seconds,
+            "train_seconds": self._train_seconds(),
             "measured_steps": sorted(self._measured_steps),
         }
 
@@ -272,11 +278,17 @@ class StiffnessCallback(Callback):
         self.schedule.load_state_dict(state_dict.get("schedule", {}))
         self.failures = list(state_dict.get("failures", []))
         self._measure_seconds = float(state_dict.get("measure_seconds", 0.0))
+        self._train_seconds_before = float(state_dict.get("train_seconds", 0.0))
         self._measured_steps = {int(s) for s in state_dict.get("measured_steps", [])}
         self.saved_files = [f for f in state_dict.get("saved_files", []) if Path(f).exists()]
         self.measurements = [load_measurement(f) for f in self.saved_files]
 
     # ------------------------------------------------------------------ internals
+
+    def _train_seconds(self) -> float:
+        """Training wall-clock so far, across resumed fits (measurements included)."""
+        running = time.perf_counter() - self._train_start if self._train_start is not None else 0.0
+        return self._train_seconds_before + running
 
     @staticmethod
     def _participates(trainer: Trainer) -> bool:
@@ -308,7 +320,14 @@ class StiffnessCallback(Callback):
                 "per_class": self.per_class,
                 "seed": self.seed,
                 "method": self.method,
+                "params": None if self.params is None else str(self.params),
+                "module_attr": self.module_attr,
                 "every_n_steps": self.schedule.every_n_steps,
+                "log_points_per_decade": self.schedule.log_points_per_decade,
+                "at_epoch_end": self.schedule.at_epoch_end,
+                "loss_smoothing": self.schedule.loss_smoothing,
+                "layerwise": self.layerwise,
+                "bootstrap": self.analysis.bootstrap,
                 "loss_thresholds": list(self.schedule.loss_thresholds),
                 "include_self": self.analysis.include_self,
                 "bins": self.analysis.bins,
@@ -432,7 +451,7 @@ class StiffnessCallback(Callback):
         """Save and log a measurement; a logging problem is reported, never raised."""
         try:
             self.saved_files.append(str(save_measurement(m, self._directory(trainer))))
-            elapsed = time.perf_counter() - (self._train_start or time.perf_counter())
+            elapsed = self._train_seconds()
             extra = {"stiffness/cost/share": self._measure_seconds / elapsed} if elapsed > 0 else {}
             if m.train_loss is not None and math.isfinite(m.train_loss):
                 extra["stiffness/train_loss_smoothed"] = m.train_loss

@@ -28,7 +28,8 @@ class Measurement:
         labels, splits, split_names: probe label and split (index into ``split_names``) per example.
         gram: ``(N, N)`` per-example-gradient Gram ``G[i, j] = g_i · g_j`` (CPU).
         sign, cos: ``(N, N)`` sign and cosine stiffness matrices.
-        class_sign, class_cos: ``(C, C)`` class stiffness matrices, self-pairs excluded (NaN: no pairs).
+        class_sign, class_cos: ``(C, C)`` class stiffness matrices, self-pairs i=j excluded unless
+            ``include_self`` was set (NaN: no pairs).
         summaries: ``summaries[kind][pairs]`` with kind ``sign``/``cos`` and pairs ``all`` (every
             probe pair) or a split pair such as ``train-val``: within/between/all means.
         m_coherence, gradient_diversity: scalar alignment metrics from the same Gram.
@@ -130,7 +131,9 @@ def load_measurement(path: str | Path) -> Measurement:
 
 def load_measurements(path: str | Path) -> list[Measurement]:
     """All measurements saved under ``path`` — a run's log dir, its ``stiffness`` folder, or a
-    single file — oldest first (by step, then file name)."""
+    single file — oldest first (by step, then file name). Several runs under one folder are an
+    error (their steps would interleave); load them one by one or with
+    :func:`lightning_stiffness.report.load_runs`."""
     root = Path(path)
     if root.is_file():
         return [load_measurement(root)]
@@ -142,5 +145,9 @@ def load_measurements(path: str | Path) -> list[Measurement]:
             f"no saved measurements (measurement-*.pt) under {root}; pass the logger's log dir or the "
             "callback's save_dir"
         )
+    folders = sorted({str(f.parent) for f in files})
+    if len(folders) > 1:
+        shown = ", ".join(folders[:3]) + (", …" if len(folders) > 3 else "")
+        raise ValueError(f"{root} holds measurements of {len(folders)} runs ({shown}); pass one run's directory")
     measurements = [load_measurement(f) for f in files]
     return sorted(measurements, key=lambda m: m.step)

@@ -10,7 +10,8 @@ from typing import Any
 
 
 def log_spaced_steps(points_per_decade: int, max_step: int = 10**9) -> set[int]:
-    """Steps ``round(10^(k / points_per_decade))`` for k ≥ 0 up to ``max_step`` (1, 2, 3, 5, 10, …)."""
+    """Steps ``round(10^(k / points_per_decade))`` for k ≥ 0 up to ``max_step``
+    (3 per decade: 1, 2, 5, 10, 22, 46, 100, …)."""
     if points_per_decade < 1:
         raise ValueError(f"points_per_decade must be >= 1, got {points_per_decade}")
     steps: set[int] = set()

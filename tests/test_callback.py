@@ -255,3 +255,16 @@ def test_superclasses_from_datamodule_and_run_info(tmp_path: Path) -> None:
 def test_superclasses_datamodule_missing_is_clear(tmp_path: Path) -> None:
     with pytest.raises(MisconfigurationException, match=r"trainer\.datamodule\.superclasses"):
         _fit(tmp_path, [_cb(superclasses="datamodule")], max_epochs=1)
+
+
+def test_wrong_params_name_fails_at_setup(tmp_path: Path) -> None:
+    with pytest.raises(MisconfigurationException, match="neither a parameter nor a module name"):
+        _fit(tmp_path, [_cb(params=["net.9"])], max_epochs=1)
+
+
+def test_load_measurements_refuses_to_merge_runs(tmp_path: Path) -> None:
+    _fit(tmp_path, [_cb(save_dir=str(tmp_path / "runs" / "a"))], max_epochs=1)
+    _fit(tmp_path, [_cb(save_dir=str(tmp_path / "runs" / "b"))], max_epochs=1)
+    with pytest.raises(ValueError, match="measurements of 2 runs"):
+        load_measurements(tmp_path / "runs")
+    assert load_measurements(tmp_path / "runs" / "a")

@@ -169,3 +169,33 @@ def test_zoo_model_error_does_not_leave_hooks() -> None:
     with pytest.raises(ValueError, match="scalar"):
         per_example_gram(case.model, case.inputs, case.targets, loss_fn=lambda o, t: F.cross_entropy(o, t))
     assert all(not m._forward_hooks for m in case.model.modules())
+
+
+def test_auto_falls_back_to_vmap_when_the_capture_pass_breaks() -> None:
+    """A forward that fails only under the kernel engine's hooks (here: it refuses to run while
+    a forward hook is registered) still gets an exact Gram from method='auto'."""
+    import warnings
+
+    from lightning_stiffness import per_example_gram_blocks
+
+    class HookHostile(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.fc._forward_hooks:
+                raise RuntimeError("this model does not support forward hooks")
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    model, x, y = HookHostile(), torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = per_example_gram_blocks(model, x, y, method="auto")
+    assert any("kernel engine failed" in str(w.message) for w in caught)
+    assert result.method == "vmap" and set(result.strategies.values()) == {"vmap"}
+    reference = per_example_gram_blocks(model, x, y, method="loop").gram
+    assert torch.allclose(result.gram, reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="forward hooks"):
+        per_example_gram_blocks(model, x, y, method="kernel")

@@ -12,7 +12,13 @@ from torch import Tensor, nn
 
 from lightning_stiffness.gram.context import probe_mode
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch
-from lightning_stiffness.gram.kernel import GramAccumulator, LayerStrategy, add_rows_gram, kernel_gram
+from lightning_stiffness.gram.kernel import (
+    GramAccumulator,
+    LayerStrategy,
+    add_rows_gram,
+    kernel_gram,
+    rows_gram_with_fallback,
+)
 from lightning_stiffness.gram.reference import loop_rows, vmap_rows
 
 Method = Literal["auto", "kernel", "vmap", "loop"]
@@ -30,8 +36,8 @@ class GramResult:
         gram: ``(N, N)`` symmetric matrix, float32 (float64 for float64 models).
         blocks: per owning module, ``G = Σ_blocks blocks[name]`` (empty unless requested).
         strategies: per parameter, the exact path taken: ``ghost`` (kernel trick),
-            ``materialize``, ``dense`` (small per-example gradients), ``fallback-vmap``,
-            ``fallback-loop``, ``vmap`` or ``loop``.
+            ``materialize``, ``dense`` (small per-example gradients), ``unused`` (no path to the
+            loss: zero gradient), ``fallback-vmap``, ``fallback-loop``, ``vmap`` or ``loop``.
         method: the method that ran (``kernel``, ``vmap`` or ``loop``).
         nonfinite_examples: number of examples whose gradient is not finite.
     """
@@ -67,7 +73,9 @@ def per_example_gram(
             cross-entropy on logits (``outputs`` or ``outputs.logits``).
         method: ``"kernel"`` (hooks + per-layer kernel trick or materialised gradients),
             ``"vmap"`` (torch.func), ``"loop"`` (one backward per example, the reference) or
-            ``"auto"`` (``kernel``, falling back to ``vmap``/``loop`` if the capture fails).
+            ``"auto"``. ``kernel`` and ``auto`` both send parameters no layer rule covers to an exact
+            ``vmap``/``loop`` fallback; ``auto`` also redoes the whole Gram with ``vmap`` (then
+            ``loop``) when the capture pass itself fails, where ``kernel`` raises.
         params: restrict to these parameters: names (parameter or module names), Parameters
             or Modules. Default: every parameter with ``requires_grad=True``.
         memory_budget: bytes of temporaries allowed for tiling (default: half the free CUDA
@@ -156,9 +164,28 @@ def _run(
     budget: float,
     layer_strategy: LayerStrategy,
 ) -> str:
-    if method in ("auto", "kernel"):
+    if method == "kernel":
         kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
         return "kernel"
+    if method == "auto":
+        try:
+            kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
+            return "kernel"
+        except (RuntimeError, TypeError, NotImplementedError) as err:
+            # the capture pass itself failed (e.g. a forward that breaks under hooks): start over
+            acc.gram.zero_()
+            acc.blocks.clear()
+            acc.strategies.clear()
+            warnings.warn(
+                f"per_example_gram: the kernel engine failed ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200] if str(err) else ''}); using vmap for the whole model",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        used = rows_gram_with_fallback(model, selected, batch, loss_fn, acc, budget)
+        for name in selected:
+            acc.strategies[name] = used
+        return used
     rows = (vmap_rows if method == "vmap" else loop_rows)(model, selected, batch, loss_fn)
     add_rows_gram(acc, selected, rows, budget)
     for name in selected:

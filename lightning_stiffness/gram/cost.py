@@ -5,7 +5,8 @@ For a weight whose per-example gradient is ``Σ_t u_nt ⊗ v_nt`` (``T`` positio
 
 * materialise: build ``g_n`` (``2·N·T·G·a·b`` FLOPs) then the Gram GEMM (``2·N²·G·a·b``);
   extra memory ``N·G·a·b``.
-* ghost: two ``(N·T)²`` inner-product tables (``2·N²·T²·G·(a + b)`` FLOPs); memory ``(N·T)²·G``
+* ghost: two ``(N·T)²`` inner-product tables (``2·N²·T²·G·(a + b + 1)`` FLOPs, the +1 for
+  the Hadamard product and block sum); memory ``(N·T)²·G``
   per tile.
 
 So ghost wins roughly when ``T² (a + b) < a·b (1 + T/N)``, i.e. ``T < √(ab/(a+b))``: far

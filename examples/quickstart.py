@@ -1,7 +1,7 @@
 """Quickstart: add StiffnessCallback to an existing Trainer (scikit-learn's 8x8 digits, CPU, ~20 s).
 
-    python examples/quickstart.py
-    tensorboard --logdir quickstart_logs
+python examples/quickstart.py
+tensorboard --logdir quickstart_logs
 """
 
 import lightning as L
@@ -46,8 +46,10 @@ def main() -> None:
     trainer.fit(DigitClassifier(), DataLoader(train, batch_size=32, shuffle=True), DataLoader(val, batch_size=256))
 
     last = stiffness.measurements[-1]
-    print(f"step {last.step}: sign stiffness within {last.summaries['sign']['all'].within:+.2f}, "
-          f"between {last.summaries['sign']['all'].between:+.2f}")
+    print(
+        f"step {last.step}: sign stiffness within {last.summaries['sign']['all'].within:+.2f}, "
+        f"between {last.summaries['sign']['all'].between:+.2f}"
+    )
     print(f"{len(load_measurements(trainer.log_dir))} measurements saved under {trainer.log_dir}/stiffness")
 
 

@@ -104,10 +104,49 @@ def _image_transform(mean: Tensor, std: Tensor) -> Callable[[Any], Tensor]:
     return transforms.Compose([transforms.ToTensor(), StandardizeUnitNorm(mean, std)])
 
 
+# ---------------------------------------------------------------------------------- loaders
+
+
+class _SplitLoaders(L.LightningDataModule):
+    """Dataloaders over the ``train_set``/``val_set``/``test_set`` a subclass's ``setup`` fills."""
+
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
+
+    def _collate_fn(self) -> Callable[[list[Any]], Any] | None:
+        """The batch collate function (None: PyTorch's default)."""
+        return None
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__} has no data for this split (has setup() run?)")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self._collate_fn(),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+
 # ---------------------------------------------------------------------------------- image data
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(_SplitLoaders):
     """Common part of the image datamodules: seeded train/val split of the official training set,
     training-statistics preprocessing, optional label permutation, dataloaders.
 
@@ -208,26 +247,6 @@ class ImageDataModule(L.LightningDataModule):
         test = self._load(train=False)
         test.transform = self.transform
         self.test_set = test
-
-    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() has not run")
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
 
 def _mnist_missing(title: str, folder: Path, extra: str) -> str:
@@ -552,7 +571,7 @@ def read_glue_tsv(path: str | Path) -> SentencePairs:
     return SentencePairs(premises, hypotheses, labels)
 
 
-class MNLIDataModule(L.LightningDataModule):
+class MNLIDataModule(_SplitLoaders):
     """MultiNLI (3 classes) for a Hugging Face sequence classifier (paper v3: BERT on MNLI).
 
     Args:
@@ -640,20 +659,7 @@ class MNLIDataModule(L.LightningDataModule):
         tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path or default_text_model())
         self.collate = PairCollator(tokenizer, self.max_length)
 
-    def _loader(self, dataset: SentencePairs | None, batch_size: int, shuffle: bool) -> DataLoader:
-        if dataset is None or self.collate is None:
+    def _collate_fn(self) -> Callable[[list[Any]], Any] | None:
+        if self.collate is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not run")
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self.collate

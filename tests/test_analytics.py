@@ -496,6 +496,9 @@ def test_linear_fit_window_and_no_decay() -> None:
     mask = pair_mask(labels, "within")
     windowed = linear_fit_length(s, d, mask, max_distance=0.4)
     assert windowed.value == pytest.approx(0.5) and windowed.window == (0.0, 0.4)
+    assert not windowed.crossed, "the zero at 0.5 lies beyond the 0.4 window: extrapolated, not crossed"
+    shallow = linear_fit_length(*line_data(8, 1.0, -0.1)[:2], mask=pair_mask(torch.zeros(8), "all"))
+    assert shallow.value == pytest.approx(10.0) and not shallow.crossed  # zero far beyond d ≤ 1
     rising = linear_fit_length(*line_data(8, 0.1, 1.0)[:2], mask=pair_mask(torch.zeros(8), "all"))
     assert math.isnan(rising.value) and not rising.crossed and rising.slope == pytest.approx(1.0)
     negative = linear_fit_length(*line_data(8, -0.1, -1.0)[:2], mask=pair_mask(torch.zeros(8), "all"))

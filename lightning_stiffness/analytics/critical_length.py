@@ -146,8 +146,9 @@ def linear_fit_length(
     ``S = a + b·d`` through the selected pairs (upper triangle ``i < j``), ``ξ = −a/b``
     (paper.md §1.7).
 
-    ξ is defined (``crossed``) when ``b < 0`` and the crossing lies at ``d ≥ 0``; otherwise the
-    value is NaN ("no decay"). Fewer than two pairs, or a single distinct distance, gives NaN
+    ξ is defined when ``b < 0`` and the crossing lies at ``d ≥ 0``; otherwise the value is NaN
+    ("no decay"). ``crossed`` is True only when the crossing also lies inside the fit window; a
+    zero beyond the largest fitted distance keeps its (extrapolated) value with ``crossed=False``. Fewer than two pairs, or a single distinct distance, gives NaN
     slope and intercept.
 
     Args:
@@ -163,6 +164,8 @@ def linear_fit_length(
     weights = torch.ones(1, values.shape[0], dtype=accumulation_dtype(values.device), device=values.device)
     slope, intercept = (float(t) for t in _weighted_lines(weights, dists, values))
     value, crossed = _line_zero(slope, intercept)
+    if crossed and high is not None and value > high:
+        crossed = False  # extrapolated beyond the distances the line was fitted to
     return CriticalLength(value, crossed, "linear_fit", math.nan, math.nan, window, slope, intercept)
 
 

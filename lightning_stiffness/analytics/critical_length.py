@@ -148,8 +148,8 @@ def linear_fit_length(
 
     ξ is defined when ``b < 0`` and the crossing lies at ``d ≥ 0``; otherwise the value is NaN
     ("no decay"). ``crossed`` is True only when the crossing also lies inside the fit window; a
-    zero beyond the largest fitted distance keeps its (extrapolated) value with ``crossed=False``. Fewer than two pairs, or a single distinct distance, gives NaN
-    slope and intercept.
+    zero beyond the largest fitted distance keeps its (extrapolated) value with ``crossed=False``.
+    Fewer than two pairs, or a single distinct distance, gives NaN slope and intercept.
 
     Args:
         max_distance: fit only pairs with ``d ≤ max_distance``; the window is ``(0, max_distance)``,

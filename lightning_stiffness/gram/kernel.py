@@ -59,35 +59,20 @@ def block_name(param_name: str) -> str:
 
 
 def add_rows_gram(acc: GramAccumulator, params: dict[str, nn.Parameter], rows: RowFn, memory_budget: float) -> None:
-    """Accumulate ``J Jᵀ`` from a row function over ``params`` (per block when blocks are kept)."""
-    n = acc.gram.shape[0]
+    """Accumulate ``J Jᵀ`` from a row function over ``params`` — per block when blocks are kept,
+    each block from its own columns of the same ``J`` tiles (computed once)."""
+    width = sum(p.numel() for p in params.values())
+    bytes_per_row = width * acc.gram.element_size()
     if not acc.keep_blocks:
-        width = sum(p.numel() for p in params.values())
-        add_row_gram(acc.gram, rows, width * acc.gram.element_size(), memory_budget)
+        add_row_gram(acc.gram, rows, bytes_per_row, memory_budget)
         return
-    by_block: dict[str, list[str]] = defaultdict(list)
-    for name in params:
-        by_block[block_name(name)].append(name)
-    for block, names in by_block.items():
-        sub = {k: params[k] for k in names}
-        add_row_gram(
-            acc.target(block), _rows_for(rows, params, sub), _width(sub) * acc.gram.element_size(), memory_budget
-        )
-    del n
-
-
-def _rows_for(rows: RowFn, params: dict[str, nn.Parameter], sub: dict[str, nn.Parameter]) -> RowFn:
-    """Restrict a row function over ``params`` to the columns of ``sub`` (in order)."""
-    spans, offset = [], 0
+    columns: dict[str, list[Tensor]] = defaultdict(list)
+    offset = 0
     for name, p in params.items():
-        if name in sub:
-            spans.append((offset, offset + p.numel()))
+        columns[block_name(name)].append(torch.arange(offset, offset + p.numel()))
         offset += p.numel()
-    return lambda i0, i1: torch.cat([rows(i0, i1)[:, a:b] for a, b in spans], dim=1)
-
-
-def _width(params: dict[str, nn.Parameter]) -> int:
-    return sum(p.numel() for p in params.values())
+    targets = [(acc.target(block), torch.cat(spans).to(acc.gram.device)) for block, spans in columns.items()]
+    add_row_gram(acc.gram, rows, bytes_per_row, memory_budget, column_blocks=targets)
 
 
 def kernel_gram(

@@ -7,7 +7,7 @@ Every routine adds into a preallocated ``(N, N)`` accumulator and touches at mos
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -63,27 +63,28 @@ def add_row_gram(
     rows: Callable[[int, int], Tensor],
     bytes_per_row: float,
     memory_budget: float,
+    column_blocks: Sequence[tuple[Tensor, Tensor]] | None = None,
 ) -> None:
     """``out += J Jᵀ`` where ``rows(i0, i1)`` returns rows ``i0:i1`` of ``J``.
 
-    When all of ``J`` fits the budget it is built once; otherwise row tiles are recomputed for
-    each tile pair of the lower triangle.
+    With ``column_blocks`` — pairs ``(target, column indices)`` — each target instead gets the
+    Gram of its own columns (``out`` is then left alone). When all of ``J`` fits the budget it is
+    built once; otherwise row tiles are recomputed for each tile pair of the lower triangle.
     """
     n = out.shape[0]
+    blocks = column_blocks if column_blocks is not None else [(out, None)]
     size = tile_size(n, 2.0 * bytes_per_row, memory_budget)
-    if size >= n:
-        j = rows(0, n).to(out.dtype)
-        out += j @ j.T
-        return
     tiles = _tiles(n, size)
     for bi, (i0, i1) in enumerate(tiles):
         ji = rows(i0, i1).to(out.dtype)
         for j0, j1 in tiles[: bi + 1]:
             jj = ji if j0 == i0 else rows(j0, j1).to(out.dtype)
-            block = ji @ jj.T
-            out[i0:i1, j0:j1] += block
-            if j0 != i0:
-                out[j0:j1, i0:i1] += block.T
+            for target, cols in blocks:
+                a, b = (ji, jj) if cols is None else (ji[:, cols], jj[:, cols])
+                block = a @ b.T
+                target[i0:i1, j0:j1] += block
+                if j0 != i0:
+                    target[j0:j1, i0:i1] += block.T
 
 
 def add_dense_gram(out: Tensor, grads: Tensor) -> None:

@@ -78,10 +78,11 @@ def decays_with_overfitting(runs: Sequence[Run]) -> ClaimResult:
         at_onset = next(m for m in r.measurements if m.step >= onset)
         last = r.measurements[-1]
         w0, w1 = at_onset.summaries["sign"]["all"].within, last.summaries["sign"]["all"].within
+        c0, c1 = at_onset.summaries["cos"]["all"].within, last.summaries["cos"]["all"].within
         ok.append(w1 < w0)
         parts.append(
-            f"{r.name}: onset step {onset}, within {_fmt(w0)} → {_fmt(w1)} at step {last.step}, "
-            f"|all| at end {abs(last.summaries['sign']['all'].all):.3f}"
+            f"{r.name}: onset step {onset}, sign within {_fmt(w0)} → {_fmt(w1)} (cosine {_fmt(c0)} → {_fmt(c1)}) "
+            f"at step {last.step}, |all| at end {abs(last.summaries['sign']['all'].all):.3f}"
         )
     if not ok:
         return ClaimResult(

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
@@ -34,6 +35,7 @@ from lightning_stiffness.probe import BatchAdapter, ProbeData, ProbeSpec, choose
 from lightning_stiffness.schedule import MeasurementSchedule
 
 SPLITS = ("train", "val")
+SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy)
 
 
 class StiffnessCallback(Callback):
@@ -209,6 +211,13 @@ class StiffnessCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if not isinstance(trainer.strategy, SUPPORTED_STRATEGIES):
+            raise MisconfigurationException(
+                f"StiffnessCallback supports single-device and DDP training, not {type(trainer.strategy).__name__}: "
+                "with sharded parameters (FSDP, DeepSpeed, model parallel) the module cannot be evaluated "
+                "per example outside the strategy's wrapper. Remove the callback for this run, or measure with "
+                "strategy='ddp'."
+            )
         if self.log_images and not tensorboard_writers(trainer.loggers):
             raise MisconfigurationException(
                 "StiffnessCallback(log_images=True) needs a TensorBoardLogger to receive images, but the trainer "

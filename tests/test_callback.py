@@ -268,3 +268,14 @@ def test_load_measurements_refuses_to_merge_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="measurements of 2 runs"):
         load_measurements(tmp_path / "runs")
     assert load_measurements(tmp_path / "runs" / "a")
+
+
+def test_sharded_strategies_are_refused_clearly(tmp_path: Path) -> None:
+    from lightning.pytorch.strategies import Strategy
+
+    cb = _cb()
+    trainer_ = trainer(tmp_path, [cb], max_epochs=1)
+    # Lightning's FSDP strategy needs a GPU; a strategy class outside the supported ones stands in for it
+    trainer_.strategy.__class__ = type("FSDPStrategy", (Strategy,), {})
+    with pytest.raises(MisconfigurationException, match="not FSDPStrategy"):
+        cb.setup(trainer_, TinyClassifier(), "fit")

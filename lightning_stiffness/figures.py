@@ -53,7 +53,7 @@ def distance_figure(
     ax.set_ylabel("stiffness")
     ax.set_ylim(-1.05, 1.05)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig

@@ -121,7 +121,7 @@ def distance_by_space_figure(run: Run, kind: str = "sign", pairs: str = "all") -
     return distance_figure(
         curves,
         None,
-        title=f"{kind} stiffness, {pairs} pairs, step {m.step} — {run.name}",
+        title=f"{kind} stiffness, {pairs} pairs, step {m.step}\n{run.name}",
         xlabel="cosine distance 1 − cos(R₁, R₂)",
     )
 

@@ -26,9 +26,9 @@ from torch.utils.data import Dataset
 
 from lightning_stiffness.analysis import AnalysisConfig, analyze
 from lightning_stiffness.analytics import capture_representations, cosine_distance_matrix, input_distances
-from lightning_stiffness.gram import GramResult, select_parameters
+from lightning_stiffness.gram import GramResult, per_example_gram, select_parameters
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
-from lightning_stiffness.gram.inputs import LossFn
+from lightning_stiffness.gram.inputs import LossFn, ProbeBatch
 from lightning_stiffness.log import custom_scalars_layout, log_images, log_scalars, tensorboard_writers
 from lightning_stiffness.measurement import Measurement, load_measurement, save_measurement
 from lightning_stiffness.probe import BatchAdapter, ProbeData, ProbeSpec, choose_probe, collate_probe, split_batch
@@ -36,6 +36,8 @@ from lightning_stiffness.schedule import MeasurementSchedule
 
 SPLITS = ("train", "val")
 SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy)
+#: Relative error above which the first-measurement cross-check warns (float32 Grams agree to ~1e-6).
+VERIFY_TOLERANCE = 1e-3
 
 
 class StiffnessCallback(Callback):
@@ -86,6 +88,10 @@ class StiffnessCallback(Callback):
             ``trainer.datamodule.superclasses``; class matrices are then reordered with block
             borders and same- vs different-super-class statistics are logged (CIFAR-100).
         save_dir: where measurements are saved (default ``<trainer.log_dir>/stiffness``).
+        verify: at the first measurement, recompute the Gram of this many probe examples with
+            plain per-example autograd (``method="loop"``) and warn if the fast Gram disagrees —
+            a model that mixes examples in its forward, or feeds a layer time-first input, is
+            caught there (0: skip). The result is in ``verification``.
 
     Example:
         >>> import torch, lightning as L
@@ -147,6 +153,7 @@ class StiffnessCallback(Callback):
         image_every: int = 1,
         superclasses: Sequence[int] | str | None = None,
         save_dir: str | None = None,
+        verify: int = 3,
     ) -> None:
         splits = tuple(splits)
         unknown = [s for s in splits if s not in SPLITS and not (probe_datasets and s in probe_datasets)]
@@ -187,6 +194,10 @@ class StiffnessCallback(Callback):
             raise ValueError(f"superclasses must be a sequence of ints or 'datamodule', got {superclasses!r}")
         self.superclasses: Sequence[int] | str | None = superclasses
         self.save_dir = save_dir
+        if verify < 0:
+            raise ValueError(f"verify must be >= 0, got {verify}")
+        self.verify = verify
+        self.verification: dict[str, Any] | None = None
 
         self.measurements: list[Measurement] = []
         self.failures: list[dict[str, Any]] = []
@@ -431,8 +442,28 @@ class StiffnessCallback(Callback):
         )
         return result, time.perf_counter() - start
 
+    def _verify(self, module: nn.Module, gram: Tensor) -> None:
+        """Compare the first ``verify`` rows of the Gram with an independent per-example loop."""
+        k = min(self.verify, gram.shape[0])
+        inputs, targets = self._probe_on(next(module.parameters()).device)
+        subset = ProbeBatch.create(inputs, targets).rows(0, k)
+        reference = per_example_gram(
+            module, subset.inputs, subset.targets, loss_fn=self.loss_fn, method="loop", params=self.params
+        )
+        error = float((gram[:k, :k].double() - reference.double()).norm() / reference.double().norm().clamp_min(1e-30))
+        self.verification = {"examples": k, "relative_error": error, "ok": error <= VERIFY_TOLERANCE}
+        if error > VERIFY_TOLERANCE:
+            rank_zero_warn(
+                f"StiffnessCallback: the Gram of the first {k} probe examples differs from plain per-example "
+                f"autograd by {error:.2e} (relative). The model's forward probably mixes examples (e.g. BatchNorm "
+                "without running statistics, a layer fed time-first input) — per-example gradients and all "
+                "stiffness values are unreliable. Check the model, or pass method='loop'."
+            )
+
     def _analyze(self, module: nn.Module, result: GramResult, step: int, epoch: int, trigger: str) -> Measurement:
         assert self._probe is not None
+        if self.verify and self.verification is None:
+            self._verify(module, result.gram)
         distances: dict[str, Tensor] = {}
         if self._input_distances is not None:
             distances["input"] = self._input_distances

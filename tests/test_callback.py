@@ -279,3 +279,35 @@ def test_sharded_strategies_are_refused_clearly(tmp_path: Path) -> None:
     trainer_.strategy.__class__ = type("FSDPStrategy", (Strategy,), {})
     with pytest.raises(MisconfigurationException, match="not FSDPStrategy"):
         cb.setup(trainer_, TinyClassifier(), "fit")
+
+
+class _TimeFirstClassifier(TinyClassifier):
+    """Feeds its first Linear time-first input: with T == N the kernel engine cannot tell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 6)
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc(x.reshape(x.shape[0], 4, 2).transpose(0, 1)))  # (T=4, N, 6)
+        return self.head(h.mean(dim=0))
+
+
+def test_first_measurement_is_cross_checked_against_plain_autograd(tmp_path: Path) -> None:
+    good = _cb(every_n_steps=None, splits=("train",))
+    _fit(tmp_path / "good", [good], max_epochs=1)
+    assert good.verification is not None and good.verification["ok"]
+    assert good.verification["relative_error"] < 1e-5
+
+    # a probe of N = 4 examples (class 0 twice, 1, 2) == T: the time axis passes for the example axis
+    four = torch.utils.data.TensorDataset(torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))
+    bad = StiffnessCallback(
+        every_n_steps=None, per_class=2, splits=("val",), probe_datasets={"val": four}, log_images=False, verify=4
+    )
+    L.seed_everything(0, verbose=False)
+    train, val = loaders()
+    with pytest.warns(UserWarning, match="differs from plain per-example autograd"):
+        trainer(tmp_path / "bad", [bad], max_epochs=1).fit(_TimeFirstClassifier(), train, val)
+    assert bad.verification is not None and not bad.verification["ok"]
+    assert bad.measurements[0].num_examples == 4

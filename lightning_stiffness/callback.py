@@ -270,6 +270,8 @@ class StiffnessCallback(Callback):
         self._last_step = step
         trigger = self.schedule.step_trigger(step)
         triggers = [*self._pending, *([trigger] if trigger else [])]
+        if self.schedule.at_epoch_end and trainer.is_last_batch:
+            triggers.append("epoch_end")  # labelled even when another trigger falls on this step
         self._pending = []
         if triggers and self._participates(trainer):
             self._measure(trainer, pl_module, "+".join(triggers))

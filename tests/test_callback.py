@@ -311,3 +311,12 @@ def test_first_measurement_is_cross_checked_against_plain_autograd(tmp_path: Pat
         trainer(tmp_path / "bad", [bad], max_epochs=1).fit(_TimeFirstClassifier(), train, val)
     assert bad.verification is not None and not bad.verification["ok"]
     assert bad.measurements[0].num_examples == 4
+
+
+def test_epoch_end_is_labelled_when_another_trigger_shares_the_step(tmp_path: Path) -> None:
+    cb = _cb(every_n_steps=6, at_start=False, at_epoch_end=True)  # 6 batches per epoch
+    _fit(tmp_path, [cb], max_epochs=2)
+    assert [(m.step, m.trigger, m.epoch) for m in cb.measurements] == [
+        (6, "every_n_steps+epoch_end", 0),
+        (12, "every_n_steps+epoch_end", 1),
+    ]

@@ -221,19 +221,23 @@ def deeper_layers_smaller_domains(runs: Sequence[Run]) -> ClaimResult:
     for r in runs:
         layers = r.representation_layers
         last = r.measurements[-1]
-        values = [
-            (i, last.critical_lengths[f"layer:{name}/sign/zero_crossing"].value)
+        found = [
+            (i, last.critical_lengths[f"layer:{name}/sign/zero_crossing"])
             for i, name in enumerate(layers)
             if f"layer:{name}/sign/zero_crossing" in last.critical_lengths
         ]
-        values = [(i, v) for i, v in values if math.isfinite(v)]
+        # censored values (no zero crossing) only bound ξ from below: they cannot order layers
+        values = [(i, xi.value) for i, xi in found if xi.crossed and math.isfinite(xi.value)]
         if len(values) < 3:
+            if found:
+                parts.append(f"{r.name}: ξ crossed zero in {len(values)} of {len(found)} layers")
             continue
         rho = _lr_trend([(float(i), v) for i, v in values])
         ok.append(math.isfinite(rho) and rho < 0)
         parts.append(f"{r.name}: ξ by depth " + ", ".join(f"{v:.3f}" for _, v in values) + f" (ρ {_fmt(rho)})")
     if not ok:
-        return ClaimResult(9, claim, "v1 Figs 9-10", UNMEASURABLE, "needs ≥ 3 representation layers")
+        reason = "; ".join(parts) if parts else "needs ≥ 3 representation layers"
+        return ClaimResult(9, claim, "v1 Figs 9-10", UNMEASURABLE, reason + " (needs ≥ 3 layers whose ξ crossed zero)")
     return ClaimResult(9, claim, "v1 Figs 9-10", HOLDS if all(ok) else FAILS, "; ".join(parts))
 
 

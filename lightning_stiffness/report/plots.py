@@ -182,14 +182,21 @@ def lr_between_figure(runs: Sequence[Run], kind: str = "sign") -> Any:
         pts = [(r.lr, m.summaries[kind]["all"].between) for r in with_lr if (m := at_epoch_end(r, e))]
         if pts:
             right.plot(*zip(*sorted(pts)), marker="o", label=f"epoch {e + 1}")
+    empty = {
+        left: "no loss-threshold measurements\n(StiffnessCallback(loss_thresholds=...))",
+        right: "no epoch-end measurements\n(StiffnessCallback(at_epoch_end=True))",
+    }
     for ax, title in ((left, "at equal training loss (v1 Fig. 8)"), (right, "at equal epoch (v3)")):
-        ax.set_xscale("log")
+        has_data = bool(ax.lines)
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"between-class {kind} stiffness")
         ax.set_title(title, fontsize=9)
-        if ax.lines[1:]:
+        if has_data:
+            ax.set_xscale("log")
             ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, empty[ax], transform=ax.transAxes, ha="center", va="center", fontsize=8)
     fig.tight_layout()
     return fig
 

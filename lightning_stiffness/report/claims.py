@@ -64,7 +64,13 @@ def between_rises_early(runs: Sequence[Run]) -> ClaimResult:
         ok.append(peak > ms[0].summaries["sign"]["all"].between and peak > 0)
         parts.append(f"{r.name}: step 0 {_fmt(_sign(r, 0, 'between'))}, early max {_fmt(peak)}")
     if not ok:
-        return ClaimResult(2, claim, "v1 Figs 2-3 (FC MNIST)", UNMEASURABLE, "needs step 0 and ≥ 2 later measurements")
+        return ClaimResult(
+            2,
+            claim,
+            "v1 Figs 2-3 (FC MNIST)",
+            UNMEASURABLE,
+            "needs a true-label run with step 0 and ≥ 2 later measurements",
+        )
     return ClaimResult(2, claim, "v1 Figs 2-3 (FC MNIST)", HOLDS if all(ok) else FAILS, "; ".join(parts))
 
 
@@ -90,7 +96,7 @@ def decays_with_overfitting(runs: Sequence[Run]) -> ClaimResult:
             claim,
             "v1 Fig. 2; v3",
             UNMEASURABLE,
-            "no run with validation losses that rise after a minimum (no overfitting onset)",
+            "no true-label run whose validation loss rises after a minimum (no overfitting onset)",
         )
     return ClaimResult(3, claim, "v1 Fig. 2; v3", HOLDS if all(ok) else FAILS, "; ".join(parts))
 

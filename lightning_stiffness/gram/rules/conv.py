@@ -24,6 +24,8 @@ def unfold_patches(x: Tensor, conv: nn.modules.conv._ConvNd) -> Tensor:
     if any(pad):
         x = F.pad(x, pad, mode=mode)
     kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
+    if spatial == 2:  # im2col kernel; the transpose is a view, not a copy
+        return F.unfold(x, kernel, dilation=dilation, stride=stride).transpose(1, 2)
     for dim in range(spatial):
         window = dilation[dim] * (kernel[dim] - 1) + 1
         x = x.unfold(2 + dim, window, stride[dim])

@@ -91,22 +91,21 @@ def mlp_case(n: int, device: torch.device, width: int) -> BenchCase:
 GHOST_ON_EARLY_CONVS = "T = 1024 convs, ~1e13 FLOP"
 
 
-def small_cnn_case(n: int, device: torch.device) -> BenchCase:
-    model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 10),
-    )
+def three_conv_net(channels: tuple[int, int, int]) -> nn.Sequential:
+    """3x3 convs ('same' padding, ReLU, 2x2 max-pool each) on 32x32 RGB, then one Linear."""
+    layers: list[nn.Module] = []
+    width = 3
+    for c in channels:
+        layers += [nn.Conv2d(width, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        width = c
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * 4 * 4, 10))
+
+
+def small_cnn_case(n: int, device: torch.device, channels: tuple[int, int, int] = (16, 32, 32)) -> BenchCase:
+    model = three_conv_net(channels)
+    name = "-".join(map(str, channels))
     return BenchCase(
-        "CNN 16-32-32 (paper v3), 32x32",
+        f"CNN {name}{' (paper v3)' if channels == (16, 32, 32) else ''}, 32x32",
         model.to(device),
         torch.randn(n, 3, 32, 32, device=device),
         torch.randint(0, 10, (n,), device=device),
@@ -284,6 +283,7 @@ def build_cases(device: torch.device, full: bool) -> list[tuple[str, CaseFactory
     cases: list[tuple[str, CaseFactory]] = [
         ("mlp", lambda: (mlp_case(512, device, width), 512, True)),
         ("cnn", lambda: (small_cnn_case(256, device), 256, True)),
+        ("cnn-wide", lambda: (small_cnn_case(256, device, (64, 128, 256)), 256, True)),
         ("resnet18", lambda: (resnet18_case(n_resnet, device), n_resnet, True)),
         ("tiny-bert", lambda: (bert_case(64, device, base=False, seq_len=32), 64, False)),
     ]
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--only", nargs="*", help="case keys to run: mlp, cnn, resnet18, tiny-bert, mlp-8192, bert-base"
+        "--only", nargs="*", help="case keys to run: mlp, cnn, cnn-wide, resnet18, tiny-bert, mlp-8192, bert-base"
     )
     parser.add_argument("--full", action="store_true", help="also the large GPU cases (N=8192 MLP, BERT-base)")
     args = parser.parse_args(argv)

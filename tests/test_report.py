@@ -13,7 +13,7 @@ from lightning_stiffness.analytics import CriticalLength, StiffnessSummary, Supe
 from lightning_stiffness.cli import main as cli_main
 from lightning_stiffness.measurement import Measurement, save_measurement
 from lightning_stiffness.report import check_claims, load_runs, write_report
-from lightning_stiffness.report.claims import FAILS, HOLDS, UNMEASURABLE, _lr_trend
+from lightning_stiffness.report.claims import FAILS, HOLDS, UNMEASURABLE, _spearman
 from lightning_stiffness.report.plots import overfitting_onset, pick_steps
 
 
@@ -133,8 +133,8 @@ def test_learning_rate_claims_never_assume_a_direction(tmp_path: Path, direction
 
 
 def test_helpers() -> None:
-    assert _lr_trend([(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]) == pytest.approx(-1.0)
-    assert math.isnan(_lr_trend([(1.0, 1.0), (2.0, 2.0)]))
+    assert _spearman([(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]) == pytest.approx(-1.0)
+    assert math.isnan(_spearman([(1.0, 1.0), (2.0, 2.0)]))
     ms = [_m(s, 1, 0) for s in (0, 1, 2, 5, 10, 50, 100, 1000)]
     assert pick_steps(ms, 4)[0] == 0 and pick_steps(ms, 4)[-1] == 1000 and len(pick_steps(ms, 4)) == 4
 

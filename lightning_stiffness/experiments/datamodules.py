@@ -374,21 +374,8 @@ class CIFAR100DataModule(ImageDataModule):
 
     num_classes = 100
     input_shape = (3, 32, 32)
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int = 256,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        permute_labels: bool = False,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, val_fraction, seed, permute_labels, num_workers)
-        self.superclasses: list[int] | None = None
-        self.superclass_names: list[str] | None = None
+    superclasses: list[int] | None = None  # filled by setup()
+    superclass_names: list[str] | None = None
 
     def _torchvision_dataset(self, train: bool, download: bool) -> Any:
         from torchvision.datasets import CIFAR100

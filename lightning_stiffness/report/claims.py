@@ -38,6 +38,13 @@ def _sign(run: Run, index: int, field: str) -> float:
     return float(getattr(run.measurements[index].summaries["sign"]["all"], field))
 
 
+def _result(number: int, claim: str, source: str, ok: list[bool], parts: list[str], missing: str) -> ClaimResult:
+    """``holds`` when every measurable run agrees, ``not measurable`` (with why) when none was."""
+    if not ok:
+        return ClaimResult(number, claim, source, UNMEASURABLE, missing)
+    return ClaimResult(number, claim, source, HOLDS if all(ok) else FAILS, "; ".join(parts))
+
+
 def initial_state(runs: Sequence[Run]) -> ClaimResult:
     claim = "At initialisation within-class sign stiffness ≈ +1 and mean between-class ≤ 0"
     rows = [(r, r.measurements[0]) for r in runs if r.measurements and r.measurements[0].step == 0]
@@ -63,15 +70,9 @@ def between_rises_early(runs: Sequence[Run]) -> ClaimResult:
         peak = max(m.summaries["sign"]["all"].between for m in first_half)
         ok.append(peak > ms[0].summaries["sign"]["all"].between and peak > 0)
         parts.append(f"{r.name}: step 0 {_fmt(_sign(r, 0, 'between'))}, early max {_fmt(peak)}")
-    if not ok:
-        return ClaimResult(
-            2,
-            claim,
-            "v1 Figs 2-3 (FC MNIST)",
-            UNMEASURABLE,
-            "needs a true-label run with step 0 and ≥ 2 later measurements",
-        )
-    return ClaimResult(2, claim, "v1 Figs 2-3 (FC MNIST)", HOLDS if all(ok) else FAILS, "; ".join(parts))
+    return _result(
+        2, claim, "v1 Figs 2-3 (FC MNIST)", ok, parts, "needs a true-label run with step 0 and ≥ 2 later measurements"
+    )
 
 
 def decays_with_overfitting(runs: Sequence[Run]) -> ClaimResult:
@@ -90,15 +91,14 @@ def decays_with_overfitting(runs: Sequence[Run]) -> ClaimResult:
             f"{r.name}: onset step {onset}, sign within {_fmt(w0)} → {_fmt(w1)} (cosine {_fmt(c0)} → {_fmt(c1)}) "
             f"at step {last.step}, |all| at end {abs(last.summaries['sign']['all'].all):.3f}"
         )
-    if not ok:
-        return ClaimResult(
-            3,
-            claim,
-            "v1 Fig. 2; v3",
-            UNMEASURABLE,
-            "no true-label run whose validation loss rises after a minimum (no overfitting onset)",
-        )
-    return ClaimResult(3, claim, "v1 Fig. 2; v3", HOLDS if all(ok) else FAILS, "; ".join(parts))
+    return _result(
+        3,
+        claim,
+        "v1 Fig. 2; v3",
+        ok,
+        parts,
+        "no true-label run whose validation loss rises after a minimum (no overfitting onset)",
+    )
 
 
 def permuted_labels(runs: Sequence[Run]) -> ClaimResult:
@@ -129,12 +129,10 @@ def superclass_structure(runs: Sequence[Run]) -> ClaimResult:
             f"{r.name}: mean same−different {_fmt(sum(diffs) / max(len(diffs), 1))}, "
             f"p<0.05 at {significant}/{len(stats)} measurements"
         )
-    if not ok:
-        return ClaimResult(5, claim, "v1 Fig. 7; v3", UNMEASURABLE, "no run with a super-class map")
-    return ClaimResult(5, claim, "v1 Fig. 7; v3", HOLDS if all(ok) else FAILS, "; ".join(parts))
+    return _result(5, claim, "v1 Fig. 7; v3", ok, parts, "no run with a super-class map")
 
 
-def _lr_trend(points: list[tuple[float, float]]) -> float:
+def _spearman(points: list[tuple[float, float]]) -> float:
     """Spearman rank correlation between learning rate and value (NaN for < 3 points)."""
     if len(points) < 3:
         return math.nan
@@ -192,7 +190,7 @@ def lr_direction(runs: Sequence[Run], number: int, direction: int) -> ClaimResul
             UNMEASURABLE,
             "needs ≥ 3 learning rates compared at an equal training loss or epoch (run examples/lr_sweep.py)",
         )
-    trends = {k: _lr_trend(v) for k, v in series.items()}
+    trends = {k: _spearman(v) for k, v in series.items()}
     finite = [t for t in trends.values() if math.isfinite(t)]
     agree = [t * direction > 0.5 for t in finite]
     evidence = "; ".join(
@@ -216,9 +214,7 @@ def distance_decay(runs: Sequence[Run]) -> ClaimResult:
             f"{r.name} step {last.step}: slope {_fmt(xi.slope)}, ξ {xi.value:.3f}"
             + ("" if xi.crossed else " (no crossing)")
         )
-    if not ok:
-        return ClaimResult(8, claim, "v1 Fig. 9; v3", UNMEASURABLE, "no input-distance measurements")
-    return ClaimResult(8, claim, "v1 Fig. 9; v3", HOLDS if all(ok) else FAILS, "; ".join(parts))
+    return _result(8, claim, "v1 Fig. 9; v3", ok, parts, "no input-distance measurements")
 
 
 def deeper_layers_smaller_domains(runs: Sequence[Run]) -> ClaimResult:
@@ -238,7 +234,7 @@ def deeper_layers_smaller_domains(runs: Sequence[Run]) -> ClaimResult:
             if found:
                 parts.append(f"{r.name}: ξ crossed zero in {len(values)} of {len(found)} layers")
             continue
-        rho = _lr_trend([(float(i), v) for i, v in values])
+        rho = _spearman([(float(i), v) for i, v in values])
         ok.append(math.isfinite(rho) and rho < 0)
         parts.append(f"{r.name}: ξ by depth " + ", ".join(f"{v:.3f}" for _, v in values) + f" (ρ {_fmt(rho)})")
     if not ok:
@@ -263,9 +259,7 @@ def splits_agree(runs: Sequence[Run], tolerance: float = 0.1) -> ClaimResult:
         if gaps:
             ok.append(max(gaps) < tolerance)
             parts.append(f"{r.name}: max |Δ| {max(gaps):.3f} over {len(r.measurements)} measurements")
-    if not ok:
-        return ClaimResult(10, claim, "v3", UNMEASURABLE, "no run with a probe from both train and val")
-    return ClaimResult(10, claim, "v3", HOLDS if all(ok) else FAILS, "; ".join(parts))
+    return _result(10, claim, "v3", ok, parts, "no run with a probe from both train and val")
 
 
 def nlp_pattern(runs: Sequence[Run]) -> ClaimResult:

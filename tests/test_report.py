@@ -169,7 +169,10 @@ def test_write_report_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         "run02_superclasses.png",
     } <= names
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in report.figures)
-    assert "| 6 |" in (tmp_path / "out" / "claims.md").read_text()
+    table = (tmp_path / "out" / "claims.md").read_text().splitlines()
+    assert "| 6 |" in "\n".join(table)
+    # evidence such as "|all|" or "max |Δ|" is escaped, so every row keeps exactly 5 cells
+    assert all(row.replace("\\|", "").count("|") == 6 for row in table)
     assert len(json.loads((tmp_path / "out" / "claims.json").read_text())) == 11
     assert cli_main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "cli")]) == 0
     assert "figure(s) written" in capsys.readouterr().out

@@ -296,5 +296,6 @@ def check_claims(runs: Sequence[Run]) -> list[ClaimResult]:
 def claims_markdown(results: Sequence[ClaimResult]) -> str:
     lines = ["| # | claim | source | verdict | evidence |", "|---|---|---|---|---|"]
     for c in results:
-        lines.append(f"| {c.number} | {c.claim} | {c.source} | **{c.verdict}** | {c.evidence} |")
+        cells = [str(c.number), c.claim, c.source, f"**{c.verdict}**", c.evidence]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"

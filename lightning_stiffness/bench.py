@@ -240,8 +240,14 @@ def run_case(case: BenchCase, device: torch.device, repeats: int, with_recipe: b
     return results
 
 
+#: On a CPU, memory is sampled RSS growth: the allocator reuses freed pages, so growth below this
+#: is noise and no ratio is printed for it.
+MIN_RELIABLE_BYTES = 32 * 2**20
+
+
 def format_results(case: BenchCase, n: int, results: dict[str, Timing | str]) -> str:
     params = sum(p.numel() for p in case.model.parameters())
+    device_is_cuda = next(case.model.parameters()).device.type == "cuda"
     baseline = results.get("recipe")
     reference = baseline if isinstance(baseline, Timing) else results.get("vmap")
     ref_gram = reference.gram if isinstance(reference, Timing) else None
@@ -254,7 +260,8 @@ def format_results(case: BenchCase, n: int, results: dict[str, Timing | str]) ->
         speed = mem = err = ""
         if isinstance(baseline, Timing) and name != "recipe":
             speed = f"{baseline.seconds / r.seconds:.1f}x"
-            mem = f"{100 * r.peak_bytes / baseline.peak_bytes:.1f}%" if baseline.peak_bytes > 0 else ""
+            reliable = min(r.peak_bytes, baseline.peak_bytes) >= MIN_RELIABLE_BYTES or device_is_cuda
+            mem = f"{100 * r.peak_bytes / baseline.peak_bytes:.1f}%" if baseline.peak_bytes > 0 and reliable else "–"
         if r.gram is not None and ref_gram is not None:
             err = f"{float((r.gram.double() - ref_gram.double()).norm() / ref_gram.double().norm()):.1e}"
         lines.append(f"  {name:<12}{_ms(r.seconds):>11}{_mib(r.peak_bytes):>12}{speed:>10}{mem:>11}{err:>10}")

@@ -74,6 +74,11 @@ def add_row_gram(
     n = out.shape[0]
     blocks = column_blocks if column_blocks is not None else [(out, None)]
     size = tile_size(n, 2.0 * bytes_per_row, memory_budget)
+    if size >= n:  # all of J fits: build it once
+        jac = rows(0, n).to(out.dtype)
+        for target, cols in blocks:
+            add_gram_of(target, jac if cols is None else jac[:, cols])
+        return
     tiles = _tiles(n, size)
     for bi, (i0, i1) in enumerate(tiles):
         ji = rows(i0, i1).to(out.dtype)
@@ -89,8 +94,29 @@ def add_row_gram(
 
 def add_dense_gram(out: Tensor, grads: Tensor) -> None:
     """``out += g gᵀ`` for already materialised per-example gradients ``(N, D)``."""
-    g = grads.reshape(grads.shape[0], -1).to(out.dtype)
-    out += g @ g.T
+    add_gram_of(out, grads.reshape(grads.shape[0], -1).to(out.dtype))
+
+
+#: ``add_gram_of`` splits J into this many row tiles and multiplies only the lower triangle.
+SYMMETRY_TILES = 4
+#: Below this many rows one GEMM is faster than several small ones.
+SYMMETRY_MIN_ROWS = 256
+
+
+def add_gram_of(out: Tensor, jac: Tensor) -> None:
+    """``out += J Jᵀ`` exploiting symmetry: only tiles on and below the diagonal are multiplied
+    and mirrored (10 of 16 tile products for 4 tiles, about 5/8 of the FLOPs of one GEMM)."""
+    n = jac.shape[0]
+    if n < SYMMETRY_MIN_ROWS:
+        out += jac @ jac.T
+        return
+    tiles = _tiles(n, -(-n // SYMMETRY_TILES))
+    for bi, (i0, i1) in enumerate(tiles):
+        for j0, j1 in tiles[: bi + 1]:
+            block = jac[i0:i1] @ jac[j0:j1].T
+            out[i0:i1, j0:j1] += block
+            if j0 != i0:
+                out[j0:j1, i0:i1] += block.T
 
 
 def empty_gram(n: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -48,6 +48,28 @@ def _engine_rank(rank: int, world: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _fsdp_rank(rank: int, world: int, out: str) -> None:
+    """FSDP2 (``fully_shard``) on a CPU mesh: every rank holds a shard of each parameter."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous-fsdp", rank=rank, world_size=world)
+    model, x, y = probe_model()
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model:
+        if any(True for _ in layer.parameters()):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    result = distributed_gram(model, x, y, return_blocks=True)
+    still_sharded = all(isinstance(p, DTensor) for p in model.parameters())
+    torch.save(
+        {"gram": result.gram, "blocks": result.blocks, "strategies": result.strategies, "still_sharded": still_sharded},
+        f"{out}/fsdp_rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
 def _fit(out: str, with_callback: bool) -> dict[str, torch.Tensor]:
     import lightning as L
     from torch.utils.data import DataLoader
@@ -90,6 +112,8 @@ def main() -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     if mode == "engine":
         mp.spawn(_engine_rank, args=(2, out), nprocs=2, join=True)
+    elif mode == "fsdp":
+        mp.spawn(_fsdp_rank, args=(2, out), nprocs=2, join=True)
     elif mode == "ddp":
         torch.save({"plain": _fit(out, False), "probed": _fit(out, True)}, f"{out}/ddp_weights.pt")
     else:

@@ -58,6 +58,22 @@ def test_distributed_gram_equals_single_process(tmp_path: Path) -> None:
         assert set(res["strategies"]) == set(reference.strategies)
 
 
+def test_distributed_gram_on_fsdp2_sharded_model(tmp_path: Path) -> None:
+    """Each rank holds a shard of every parameter (FSDP2 on a CPU mesh); the layer rules work
+    from activations and backprops only, so the exact Gram needs no gathered weights."""
+    _run_worker("fsdp", tmp_path)
+    model, x, y = probe_model()
+    reference = per_example_gram_blocks(model, x, y, return_blocks=True)
+    for rank in (0, 1):
+        res = torch.load(tmp_path / f"fsdp_rank{rank}.pt")
+        torch.testing.assert_close(res["gram"], reference.gram, rtol=1e-5, atol=1e-6)
+        for name, block in reference.blocks.items():
+            torch.testing.assert_close(res["blocks"][name], block, rtol=1e-5, atol=1e-6)
+        assert res["still_sharded"], "parameters were gathered outside FSDP"
+        assert set(res["strategies"]) == set(reference.strategies)
+        assert not any(s.startswith("fallback") for s in res["strategies"].values())
+
+
 def test_callback_under_ddp(tmp_path: Path) -> None:
     _run_worker("ddp", tmp_path)
     weights = torch.load(tmp_path / "ddp_weights.pt")

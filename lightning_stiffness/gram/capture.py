@@ -22,10 +22,13 @@ from torch import Tensor, nn
 
 @dataclass
 class ModuleCall:
-    """One call of a hooked module: its input and the zero tensor added to its output."""
+    """One call of a hooked module: its input, the zero tensor added to its output, and the
+    ``id`` of each parameter tensor the module held during the call (FSDP swaps in unsharded
+    parameters for the forward; the autograd graph refers to those)."""
 
     inp: Tensor
     z: Tensor
+    param_ids: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,7 +41,11 @@ class CaptureRecord:
 def capture_calls(modules: dict[str, nn.Module], n: int) -> Iterator[CaptureRecord]:
     """Hook ``modules`` (name → module) for one forward over ``n`` examples."""
     record = CaptureRecord(calls={name: [] for name in modules})
-    handles = [m.register_forward_hook(_make_hook(name, n, record), with_kwargs=True) for name, m in modules.items()]
+    # prepend: run before hooks of wrappers such as FSDP, which swap parameters back after the forward
+    handles = [
+        m.register_forward_hook(_make_hook(name, n, record), with_kwargs=True, prepend=True)
+        for name, m in modules.items()
+    ]
     try:
         yield record
     finally:
@@ -63,7 +70,8 @@ def _make_hook(name: str, n: int, record: CaptureRecord) -> Any:
             )
             return None
         z = torch.zeros_like(output, requires_grad=True)
-        record.calls[name].append(ModuleCall(inp.detach(), z))
+        param_ids = {attr: id(t) for attr, t in module._parameters.items() if t is not None}
+        record.calls[name].append(ModuleCall(inp.detach(), z, param_ids))
         return output + z
 
     return hook

@@ -128,6 +128,13 @@ def kernel_gram(
                 cache.pop(m, None)
 
     if fallback:
+        sharded = [k for k in fallback if type(params[k]).__name__ == "DTensor"]
+        if sharded:
+            raise RuntimeError(
+                f"parameters {sharded[:3]} are sharded (FSDP) and no layer rule covers them "
+                f"({fallback[sharded[0]]}); the exact fallback needs whole parameters. Restrict params= to "
+                "layers with rules, or measure without sharding."
+            )
         _warn_fallback(fallback)
         sub = {k: params[k] for k in params if k in fallback}
         used = rows_gram_with_fallback(model, sub, batch, loss_fn, acc, memory_budget)
@@ -221,7 +228,11 @@ def _coverage_problem(
     uses: dict[int, int],
 ) -> str | None:
     """``None`` when the captured calls account for every use of ``p``; else why not."""
-    if uses.get(id(p), 0) == 0:
+    # the tensors that stood for p in the graph: p itself and whatever its modules held while
+    # running (FSDP's unsharded parameters)
+    ids = {id(p)} | {c.param_ids[attr] for m, attr in owner_attrs for c in calls.get(m, []) if attr in c.param_ids}
+    total_uses = sum(uses.get(i, 0) for i in ids)
+    if total_uses == 0:
         return "unused"
     captured = 0
     for mname, _ in owner_attrs:
@@ -235,9 +246,9 @@ def _coverage_problem(
         if reason:
             return f"{mname}: {reason}"
         captured += sum(1 for c in calls[mname] if uses.get(id(c.z), 0) > 0)
-    if captured != uses[id(p)]:
+    if captured != total_uses:
         names = ", ".join(m or "<root>" for m, _ in owner_attrs)
-        return f"{names}: parameter used {uses[id(p)]}x in the graph but {captured}x through its module's forward"
+        return f"{names}: parameter used {total_uses}x in the graph but {captured}x through its module's forward"
     return None
 
 

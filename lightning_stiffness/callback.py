@@ -378,7 +378,8 @@ class StiffnessCallback(Callback):
             self.probe_spec = choose_probe(datasets, self.per_class, self.seed, self.batch_adapter)
         collate_fn = _train_collate_fn(trainer)
         self._probe = collate_probe(datasets, self.probe_spec, collate_fn, self.batch_adapter)
-        if self.input_distance and isinstance(self._probe.inputs, Tensor) and self._probe.inputs.is_floating_point():
+        tensor_inputs = isinstance(self._probe.inputs, Tensor) and self._probe.inputs.is_floating_point()
+        if self.input_distance and tensor_inputs and trainer.is_global_zero:  # only rank 0 analyses
             self._input_distances = input_distances(self._probe.inputs)
 
     def _resolve_superclasses(self, trainer: Trainer) -> None:

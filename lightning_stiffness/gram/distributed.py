@@ -53,7 +53,14 @@ def distributed_gram(
         return per_example_gram_blocks(model, inputs, targets, params=params, return_blocks=return_blocks, **kwargs)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     selected = select_parameters(unwrap_model(model), params)
-    mine = partition_parameters(selected, world)[rank]
+    groups = partition_parameters(selected, world)
+    if not all(groups) and any(type(p).__name__ == "DTensor" for p in selected.values()):
+        # a sharded forward gathers parameters collectively: a rank that skipped it would hang the rest
+        raise ValueError(
+            f"{len(selected)} selected parameter(s) for {world} ranks: with sharded (FSDP) parameters every rank "
+            "needs a share of the work; select more parameters or use fewer ranks"
+        )
+    mine = groups[rank]
     blocks = sorted({block_name(k) for k in selected})
     n = int(targets.shape[0])
     device = next(iter(selected.values())).device

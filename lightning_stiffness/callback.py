@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ from lightning_stiffness.probe import BatchAdapter, ProbeData, ProbeSpec, choose
 from lightning_stiffness.schedule import MeasurementSchedule
 
 SPLITS = ("train", "val")
-SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy)
+SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)
 #: Relative error above which the first-measurement cross-check warns (float32 Grams agree to ~1e-6).
 VERIFY_TOLERANCE = 1e-3
 
@@ -224,10 +224,10 @@ class StiffnessCallback(Callback):
             return
         if not isinstance(trainer.strategy, SUPPORTED_STRATEGIES):
             raise MisconfigurationException(
-                f"StiffnessCallback supports single-device and DDP training, not {type(trainer.strategy).__name__}: "
-                "with sharded parameters (FSDP, DeepSpeed, model parallel) the module cannot be evaluated "
-                "per example outside the strategy's wrapper. Remove the callback for this run, or measure with "
-                "strategy='ddp'."
+                f"StiffnessCallback supports single-device, DDP and ModelParallelStrategy (FSDP2) training, not "
+                f"{type(trainer.strategy).__name__}: there the module is wrapped (FSDP1, DeepSpeed) and cannot be "
+                "evaluated per example outside the wrapper. Use ModelParallelStrategy with fully_shard in "
+                "configure_model, strategy='ddp', or remove the callback for this run."
             )
         if self.log_images and not tensorboard_writers(trainer.loggers):
             raise MisconfigurationException(
@@ -411,9 +411,11 @@ class StiffnessCallback(Callback):
             self._prepare_probe(trainer)
             module = self._measured_module(pl_module)
             result, gram_seconds = self._gram(module)
+            # a forward: under FSDP every rank must take part in its parameter gathers
+            distances = self._representation_distances(module)
             if not trainer.is_global_zero:
                 return
-            measurement = self._analyze(module, result, step, trainer.current_epoch, trigger)
+            measurement = self._analyze(module, result, distances, step, trainer.current_epoch, trigger)
         except Exception as err:  # a measurement must never stop training
             if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -463,17 +465,28 @@ class StiffnessCallback(Callback):
                 "stiffness values are unreliable. Check the model, or pass method='loop'."
             )
 
-    def _analyze(self, module: nn.Module, result: GramResult, step: int, epoch: int, trigger: str) -> Measurement:
+    def _representation_distances(self, module: nn.Module) -> dict[str, Tensor]:
+        if not self.representation_layers:
+            return {}
+        inputs, _ = self._probe_on(next(module.parameters()).device)
+        reps = capture_representations(module, inputs, self.representation_layers)
+        return {f"layer:{name}": cosine_distance_matrix(r) for name, r in reps.items()}
+
+    def _analyze(
+        self,
+        module: nn.Module,
+        result: GramResult,
+        layer_distances: dict[str, Tensor],
+        step: int,
+        epoch: int,
+        trigger: str,
+    ) -> Measurement:
         assert self._probe is not None
-        if self.verify and self.verification is None:
+        # the plain-autograd cross-check differentiates whole parameters: not possible on shards
+        if self.verify and self.verification is None and not _is_sharded(module):
             self._verify(module, result.gram)
-        distances: dict[str, Tensor] = {}
-        if self._input_distances is not None:
-            distances["input"] = self._input_distances
-        if self.representation_layers:
-            inputs, _ = self._probe_on(next(module.parameters()).device)
-            reps = capture_representations(module, inputs, self.representation_layers)
-            distances.update({f"layer:{name}": cosine_distance_matrix(r) for name, r in reps.items()})
+        distances = {"input": self._input_distances} if self._input_distances is not None else {}
+        distances.update(layer_distances)
         measurement = analyze(
             result.gram,
             self._probe.targets,
@@ -506,6 +519,10 @@ class StiffnessCallback(Callback):
                 f"StiffnessCallback: logging the measurement at step {m.step} failed "
                 f"({type(err).__name__}: {err}); training goes on."
             )
+
+
+def _is_sharded(module: nn.Module) -> bool:
+    return any(type(p).__name__ == "DTensor" for p in module.parameters())
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

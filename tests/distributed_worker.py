@@ -107,6 +107,61 @@ def _fit(out: str, with_callback: bool) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def _fit_model_parallel(out: str, with_callback: bool) -> tuple[int, dict[str, torch.Tensor]]:
+    """Lightning's ModelParallelStrategy (FSDP2 via ``configure_model``) on 2 CPU processes; the
+    subprocess launcher re-runs this script once per rank."""
+    import lightning as L
+    from lightning.pytorch.strategies import ModelParallelStrategy
+    from torch.utils.data import DataLoader
+
+    from lightning_stiffness import StiffnessCallback
+    from tests.lightning_helpers import TinyClassifier, tiny_data
+
+    class Sharded(TinyClassifier):
+        def configure_model(self) -> None:
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = self.device_mesh["data_parallel"]
+            for layer in self.net:
+                if any(True for _ in layer.parameters()):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(self.net, mesh=mesh)
+
+    L.seed_everything(0, verbose=False)
+    model = Sharded(dropout=0.0)
+    callbacks = []
+    if with_callback:
+        callbacks.append(
+            StiffnessCallback(
+                every_n_steps=2,
+                per_class=4,
+                splits=("train",),
+                log_images=False,
+                representation_layers=["net.1"],
+                save_dir=f"{out}/measurements-mp",
+            )
+        )
+    trainer = L.Trainer(
+        strategy=ModelParallelStrategy(),
+        accelerator="cpu",
+        devices=2,
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        default_root_dir=out,
+    )
+    trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
+    weights = {
+        k: v.full_tensor().clone() if hasattr(v, "full_tensor") else v.clone() for k, v in model.state_dict().items()
+    }
+    failures = callbacks[0].failures if callbacks else []
+    assert not failures, failures
+    return trainer.global_rank, weights
+
+
 def main() -> None:
     mode, out = sys.argv[1], sys.argv[2]
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -114,6 +169,11 @@ def main() -> None:
         mp.spawn(_engine_rank, args=(2, out), nprocs=2, join=True)
     elif mode == "fsdp":
         mp.spawn(_fsdp_rank, args=(2, out), nprocs=2, join=True)
+    elif mode == "model-parallel":
+        rank, plain = _fit_model_parallel(out, False)
+        _, probed = _fit_model_parallel(out, True)
+        if rank == 0:
+            torch.save({"plain": plain, "probed": probed}, f"{out}/mp_weights.pt")
     elif mode == "ddp":
         torch.save({"plain": _fit(out, False), "probed": _fit(out, True)}, f"{out}/ddp_weights.pt")
     else:

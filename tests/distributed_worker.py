@@ -75,7 +75,7 @@ def _fit(out: str, with_callback: bool) -> dict[str, torch.Tensor]:
     from torch.utils.data import DataLoader
 
     from lightning_stiffness import StiffnessCallback
-    from tests.lightning_helpers import TinyClassifier, tiny_data
+    from tests.lightning_helpers import TinyClassifier, tiny_data, trainer
 
     L.seed_everything(0, verbose=False)
     model = TinyClassifier(dropout=0.0)
@@ -91,19 +91,8 @@ def _fit(out: str, with_callback: bool) -> dict[str, torch.Tensor]:
                 save_dir=f"{out}/measurements",
             )
         )
-    trainer = L.Trainer(
-        strategy="ddp_spawn",
-        accelerator="cpu",
-        devices=2,
-        max_steps=6,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        default_root_dir=out,
-    )
-    trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
+    fit_trainer = trainer(out, callbacks, strategy="ddp_spawn", devices=2, max_steps=6)
+    fit_trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -115,7 +104,7 @@ def _fit_model_parallel(out: str, with_callback: bool) -> tuple[int, dict[str, t
     from torch.utils.data import DataLoader
 
     from lightning_stiffness import StiffnessCallback
-    from tests.lightning_helpers import TinyClassifier, tiny_data
+    from tests.lightning_helpers import TinyClassifier, tiny_data, trainer
 
     class Sharded(TinyClassifier):
         def configure_model(self) -> None:
@@ -141,25 +130,14 @@ def _fit_model_parallel(out: str, with_callback: bool) -> tuple[int, dict[str, t
                 save_dir=f"{out}/measurements-mp",
             )
         )
-    trainer = L.Trainer(
-        strategy=ModelParallelStrategy(),
-        accelerator="cpu",
-        devices=2,
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        default_root_dir=out,
-    )
-    trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
+    fit_trainer = trainer(out, callbacks, strategy=ModelParallelStrategy(), devices=2, max_steps=4)
+    fit_trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
     weights = {
         k: v.full_tensor().clone() if hasattr(v, "full_tensor") else v.clone() for k, v in model.state_dict().items()
     }
     failures = callbacks[0].failures if callbacks else []
     assert not failures, failures
-    return trainer.global_rank, weights
+    return fit_trainer.global_rank, weights
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -70,27 +71,29 @@ def _fsdp_rank(rank: int, world: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _probe_callback(save_dir: str, **extra: Any) -> Any:
+    """The callback both multi-process fits use: 4 train examples per class, every 2 steps."""
+    from lightning_stiffness import StiffnessCallback
+
+    return StiffnessCallback(
+        every_n_steps=2,
+        per_class=4,
+        splits=("train",),
+        log_images=False,
+        save_dir=save_dir,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
 def _fit(out: str, with_callback: bool) -> dict[str, torch.Tensor]:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from lightning_stiffness import StiffnessCallback
     from tests.lightning_helpers import TinyClassifier, tiny_data, trainer
 
     L.seed_everything(0, verbose=False)
     model = TinyClassifier(dropout=0.0)
-    callbacks = []
-    if with_callback:
-        callbacks.append(
-            StiffnessCallback(
-                every_n_steps=2,
-                per_class=4,
-                splits=("train",),
-                log_images=False,
-                loss_thresholds=(0.9,),
-                save_dir=f"{out}/measurements",
-            )
-        )
+    callbacks = [_probe_callback(f"{out}/measurements", loss_thresholds=(0.9,))] if with_callback else []
     fit_trainer = trainer(out, callbacks, strategy="ddp_spawn", devices=2, max_steps=6)
     fit_trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -103,7 +106,6 @@ def _fit_model_parallel(out: str, with_callback: bool) -> tuple[int, dict[str, t
     from lightning.pytorch.strategies import ModelParallelStrategy
     from torch.utils.data import DataLoader
 
-    from lightning_stiffness import StiffnessCallback
     from tests.lightning_helpers import TinyClassifier, tiny_data, trainer
 
     class Sharded(TinyClassifier):
@@ -118,18 +120,7 @@ def _fit_model_parallel(out: str, with_callback: bool) -> tuple[int, dict[str, t
 
     L.seed_everything(0, verbose=False)
     model = Sharded(dropout=0.0)
-    callbacks = []
-    if with_callback:
-        callbacks.append(
-            StiffnessCallback(
-                every_n_steps=2,
-                per_class=4,
-                splits=("train",),
-                log_images=False,
-                representation_layers=["net.1"],
-                save_dir=f"{out}/measurements-mp",
-            )
-        )
+    callbacks = [_probe_callback(f"{out}/measurements-mp", representation_layers=["net.1"])] if with_callback else []
     fit_trainer = trainer(out, callbacks, strategy=ModelParallelStrategy(), devices=2, max_steps=4)
     fit_trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
     weights = {

@@ -74,40 +74,38 @@ def test_distributed_gram_on_fsdp2_sharded_model(tmp_path: Path) -> None:
         assert not any(s.startswith("fallback") for s in res["strategies"].values())
 
 
+def _check_unchanged_training_and_step0_gram(weights_file: Path, measurements_dir: Path) -> list:
+    """Weights trained with and without the callback are identical, and the step-0 measurement
+    (before any update) is the single-process Gram of the seeded initial model on the same probe.
+    Returns the saved measurements."""
+    weights = torch.load(weights_file)
+    for name, value in weights["plain"].items():
+        assert torch.equal(value, weights["probed"][name]), f"{name}: the callback changed training"
+    measurements = load_measurements(measurements_dir)
+    L.seed_everything(0, verbose=False)
+    model = TinyClassifier(dropout=0.0)
+    data = {"train": tiny_data(96, 0)}
+    probe = collate_probe(data, choose_probe(data, per_class=4, seed=0))
+    expected = per_example_gram(model, probe.inputs, probe.targets)
+    torch.testing.assert_close(measurements[0].gram, expected, rtol=1e-5, atol=1e-6)
+    return measurements
+
+
 def test_callback_under_model_parallel_fsdp2(tmp_path: Path) -> None:
     """Lightning's ModelParallelStrategy with fully_shard: parameters stay sharded, every rank takes
     part in the Gram and the representation forward, the numbers match one process, and training is
     unchanged by the callback."""
     _run_worker("model-parallel", tmp_path)
-    weights = torch.load(tmp_path / "mp_weights.pt")
-    for name, value in weights["plain"].items():
-        assert torch.equal(value, weights["probed"][name]), f"{name}: the callback changed FSDP2 training"
-    measurements = load_measurements(tmp_path / "measurements-mp")
+    measurements = _check_unchanged_training_and_step0_gram(tmp_path / "mp_weights.pt", tmp_path / "measurements-mp")
     assert [m.step for m in measurements] == [0, 2, 4]
     assert "layer:net.1/sign/zero_crossing" in measurements[0].critical_lengths
-    L.seed_everything(0, verbose=False)
-    model = TinyClassifier(dropout=0.0)
-    data = {"train": tiny_data(96, 0)}
-    probe = collate_probe(data, choose_probe(data, per_class=4, seed=0))
-    expected = per_example_gram(model, probe.inputs, probe.targets)
-    torch.testing.assert_close(measurements[0].gram, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_callback_under_ddp(tmp_path: Path) -> None:
     _run_worker("ddp", tmp_path)
-    weights = torch.load(tmp_path / "ddp_weights.pt")
-    for name, value in weights["plain"].items():
-        assert torch.equal(value, weights["probed"][name]), f"{name}: the callback changed DDP training"
-    measurements = load_measurements(tmp_path / "measurements")
+    measurements = _check_unchanged_training_and_step0_gram(tmp_path / "ddp_weights.pt", tmp_path / "measurements")
     steps = [m.step for m in measurements]
     assert steps[:2] == [0, 2] and len(set(steps)) == len(steps)
-    # step 0 is measured before any update: the Gram of the seeded initial model
-    L.seed_everything(0, verbose=False)
-    model = TinyClassifier(dropout=0.0)
-    data = {"train": tiny_data(96, 0)}
-    probe = collate_probe(data, choose_probe(data, per_class=4, seed=0))
-    expected = per_example_gram(model, probe.inputs, probe.targets)
-    torch.testing.assert_close(measurements[0].gram, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("world", [1, 3])

@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from lightning_stiffness.gram import LayerRule, find_rule, per_example_gram_blocks, register_rule
 from lightning_stiffness.gram.cost import choose_strategy, estimate_cost
 from lightning_stiffness.gram.factors import DenseFactor, IndexFactor, KroneckerTerm
+from lightning_stiffness.gram.rules.conv import unfold_patches
 from tests.conftest import rel_err
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -146,6 +148,41 @@ def test_conv_rule(cfg: dict, seed: int) -> None:
     ).double()
     x = torch.randn(N, cfg["c_in"], *cfg["size"], dtype=torch.float64)
     assert_rule_exact(layer, x, seed=seed)
+
+
+@SETTINGS
+@given(cfg=conv_configs(), seed=st.integers(0, 2**16))
+def test_conv_patches_reproduce_the_convolution(cfg: dict, seed: int) -> None:
+    """``unfold_patches`` is the convolution's own im2col: per group, patches · Wᵀ = conv(x) − bias."""
+    torch.manual_seed(seed)
+    conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[cfg["dim"]]
+    layer = conv_cls(
+        cfg["c_in"],
+        cfg["c_out"],
+        cfg["kernel"],
+        stride=cfg["stride"],
+        padding=cfg["padding"],
+        dilation=cfg["dilation"],
+        groups=cfg["groups"],
+        bias=False,
+        padding_mode=cfg["padding_mode"],
+    ).double()
+    x = torch.randn(N, cfg["c_in"], *cfg["size"], dtype=torch.float64)
+    expected = layer(x)
+    groups = cfg["groups"]
+    patches = unfold_patches(x, layer)  # (N, T, C_in·k)
+    n, positions = patches.shape[:2]
+    weight = layer.weight.reshape(groups, cfg["c_out"] // groups, -1)  # (G, C_out/G, C_in/G·k)
+    per_group = torch.einsum("ntgk,gok->ngot", patches.reshape(n, positions, groups, -1), weight)
+    assert torch.allclose(per_group.reshape(expected.shape), expected, atol=1e-12)
+
+
+def test_conv_patches_match_torch_unfold_in_2d() -> None:
+    torch.manual_seed(0)
+    layer = nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    x = torch.randn(2, 3, 9, 8)
+    expected = F.unfold(x, (3, 2), dilation=(1, 2), padding=(1, 2), stride=(2, 1)).transpose(1, 2)
+    assert torch.equal(unfold_patches(x, layer), expected)
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular", "replicate"])

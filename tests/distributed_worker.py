@@ -71,6 +71,51 @@ def _fsdp_rank(rank: int, world: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _fsdp1_rank(rank: int, world: int, out: str) -> None:
+    """FSDP1 (``FullyShardedDataParallel``, use_orig_params=True) on CPU processes: each original
+    parameter is a view of this rank's flat shard; the forward all-gathers one unit at a time."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous-fsdp1", rank=rank, world_size=world)
+
+    def wrapped(use_orig_params: bool = True) -> torch.nn.Module:
+        model, _, _ = probe_model()
+        policy = ModuleWrapPolicy({torch.nn.Conv1d, torch.nn.Linear})
+        return FullyShardedDataParallel(
+            model, auto_wrap_policy=policy, use_orig_params=use_orig_params, device_id=torch.device("cpu")
+        )
+
+    _, x, y = probe_model()
+
+    def train_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    model = wrapped()
+    result = distributed_gram(model, x, y, return_blocks=True)
+    probed_grads = train_grads(model)  # FSDP's state is intact after the probe
+    plain_grads = train_grads(wrapped())
+    flat_error = ""
+    try:
+        distributed_gram(wrapped(use_orig_params=False), x, y)
+    except (ValueError, RuntimeError) as err:
+        flat_error = str(err)
+    torch.save(
+        {
+            "gram": result.gram,
+            "blocks": result.blocks,
+            "strategies": result.strategies,
+            "grads_equal": probed_grads.keys() == plain_grads.keys()
+            and all(torch.equal(probed_grads[k], plain_grads[k]) for k in plain_grads),
+            "flat_error": flat_error,
+        },
+        f"{out}/fsdp1_rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
 def _probe_callback(save_dir: str, **extra: Any) -> Any:
     """The callback both multi-process fits use: 4 train examples per class, every 2 steps."""
     from lightning_stiffness import StiffnessCallback
@@ -138,6 +183,8 @@ def main() -> None:
         mp.spawn(_engine_rank, args=(2, out), nprocs=2, join=True)
     elif mode == "fsdp":
         mp.spawn(_fsdp_rank, args=(2, out), nprocs=2, join=True)
+    elif mode == "fsdp1":
+        mp.spawn(_fsdp1_rank, args=(2, out), nprocs=2, join=True)
     elif mode == "model-parallel":
         rank, plain = _fit_model_parallel(out, False)
         _, probed = _fit_model_parallel(out, True)

@@ -36,12 +36,12 @@ def _run_worker(mode: str, out: Path) -> None:
 
 def test_partition_is_balanced_disjoint_and_complete() -> None:
     model, _, _ = probe_model()
-    params = dict(model.named_parameters())
-    groups = partition_parameters(params, 2)
-    assert sorted(n for g in groups for n in g) == sorted(params)
-    sizes = [sum(params[n].numel() for n in g) for g in groups]
-    assert max(sizes) - min(sizes) <= max(p.numel() for p in params.values())
-    assert partition_parameters(params, 2) == groups  # deterministic: every rank agrees
+    sizes = {k: p.numel() for k, p in model.named_parameters()}
+    groups = partition_parameters(sizes, 2)
+    assert sorted(n for g in groups for n in g) == sorted(sizes)
+    loads = [sum(sizes[n] for n in g) for g in groups]
+    assert max(loads) - min(loads) <= max(sizes.values())
+    assert partition_parameters(dict(reversed(sizes.items())), 2) == groups  # deterministic: every rank agrees
 
 
 def test_distributed_gram_equals_single_process(tmp_path: Path) -> None:
@@ -72,6 +72,25 @@ def test_distributed_gram_on_fsdp2_sharded_model(tmp_path: Path) -> None:
         assert res["still_sharded"], "parameters were gathered outside FSDP"
         assert set(res["strategies"]) == set(reference.strategies)
         assert not any(s.startswith("fallback") for s in res["strategies"].values())
+
+
+def test_distributed_gram_on_fsdp1_wrapped_model(tmp_path: Path) -> None:
+    """FullyShardedDataParallel (FSDP1, use_orig_params=True): the layers hold views of all-gathered
+    flat parameters during the forward, yet every rank gets the exact Gram under the unwrapped
+    names, FSDP's own training step is unchanged afterwards, and use_orig_params=False is refused."""
+    _run_worker("fsdp1", tmp_path)
+    model, x, y = probe_model()
+    reference = per_example_gram_blocks(model, x, y, return_blocks=True)
+    for rank in (0, 1):
+        res = torch.load(tmp_path / f"fsdp1_rank{rank}.pt")
+        torch.testing.assert_close(res["gram"], reference.gram, rtol=1e-5, atol=1e-6)
+        assert res["blocks"].keys() == reference.blocks.keys()
+        for name, block in reference.blocks.items():
+            torch.testing.assert_close(res["blocks"][name], block, rtol=1e-5, atol=1e-6)
+        assert res["strategies"].keys() == reference.strategies.keys()
+        assert not any(s.startswith("fallback") for s in res["strategies"].values())
+        assert res["grads_equal"], "a training step after the probe gave other gradients"
+        assert "use_orig_params=True" in res["flat_error"]
 
 
 def _check_unchanged_training_and_step0_gram(weights_file: Path, measurements_dir: Path) -> list:
@@ -110,6 +129,5 @@ def test_callback_under_ddp(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("world", [1, 3])
 def test_partition_edge_cases(world: int) -> None:
-    params = {"a": torch.nn.Parameter(torch.zeros(5)), "b": torch.nn.Parameter(torch.zeros(2))}
-    groups = partition_parameters(params, world)
+    groups = partition_parameters({"a": 5, "b": 2}, world)
     assert len(groups) == world and sorted(n for g in groups for n in g) == ["a", "b"]

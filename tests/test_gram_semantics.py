@@ -320,6 +320,35 @@ def test_wrappers_are_unwrapped(wrap: str, method: str) -> None:
     assert torch.equal(full.gram, direct.gram)
 
 
+class InnerWrapper(nn.Module):
+    """Holds its module under ``_fsdp_wrapped_module`` and calls it, as FSDP1 units do."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self._fsdp_wrapped_module = inner
+
+    def forward(self, *args, **kwargs):
+        return self._fsdp_wrapped_module(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_names_inside_wrappers_are_reported_without_wrapper_segments(method: str) -> None:
+    """Wrappers that stay in the call path (FSDP1 units) add name segments; results and ``params=``
+    use the names of the unwrapped model, and the vmap/loop paths still find the real parameters."""
+    case = ZOO["mlp"]()
+    direct = per_example_gram_blocks(case.model, case.inputs, case.targets, method=method)
+    case.model[3] = InnerWrapper(case.model[3])
+    wrapped = InnerWrapper(case.model)
+    assert "_fsdp_wrapped_module.3._fsdp_wrapped_module.weight" in dict(wrapped.named_parameters())
+    result = per_example_gram_blocks(wrapped, case.inputs, case.targets, method=method)
+    assert set(result.blocks) == {"0", "3", "5"}
+    assert {"3.weight", "3.bias"} <= set(result.strategies)
+    assert rel_err(result.gram, direct.gram) <= 1e-6
+    only = per_example_gram_blocks(wrapped, case.inputs, case.targets, method=method, params=["3", "5.bias"])
+    assert set(only.strategies) == {"3.weight", "3.bias", "5.bias"}
+    assert rel_err(only.blocks["3"], direct.blocks["3"]) <= 1e-6
+
+
 # --------------------------------------------------------------------------- in-place ops
 
 

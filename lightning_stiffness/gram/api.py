@@ -20,6 +20,7 @@ from lightning_stiffness.gram.kernel import (
     rows_gram_with_fallback,
 )
 from lightning_stiffness.gram.reference import loop_rows, vmap_rows
+from lightning_stiffness.gram.sharding import check_not_flat, clean_name, is_sharded
 
 Method = Literal["auto", "kernel", "vmap", "loop"]
 METHODS = ("auto", "kernel", "vmap", "loop")
@@ -172,6 +173,8 @@ def _run(
             kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
             return "kernel"
         except (RuntimeError, TypeError, NotImplementedError) as err:
+            if is_sharded(model, selected.values()):
+                raise  # vmap needs whole parameters; never start it on shards
             # the capture pass itself failed (e.g. a forward that breaks under hooks): start over
             acc.gram.zero_()
             acc.blocks.clear()
@@ -207,8 +210,11 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def select_parameters(model: nn.Module, params: Any = None) -> dict[str, nn.Parameter]:
-    """Resolve ``params`` (None, names, Parameters, Modules) to ``{name: parameter}``."""
-    named = dict(model.named_parameters())
+    """Resolve ``params`` (None, names, Parameters, Modules) to ``{name: parameter}``.
+
+    Names are without wrapper segments (``_fsdp_wrapped_module.`` …), so they read the same with
+    and without FSDP1 or activation checkpointing, and users select by the names they know."""
+    named = {clean_name(k): p for k, p in model.named_parameters()}
     selected: dict[str, nn.Parameter]
     if params is None:
         selected = {k: p for k, p in named.items() if p.requires_grad}
@@ -217,10 +223,11 @@ def select_parameters(model: nn.Module, params: Any = None) -> dict[str, nn.Para
                 "the model has no trainable parameters (requires_grad=True): nothing to differentiate; "
                 "unfreeze some parameters or pass params=[...]"
             )
+        check_not_flat(selected)
         return selected
     items = [params] if isinstance(params, (str, nn.Module, nn.Parameter)) else list(_iterable(params))
     by_id = {id(p): k for k, p in named.items()}
-    modules = dict(model.named_modules())
+    modules = {clean_name(k) for k, _ in model.named_modules()}
     selected = {}
     for item in items:
         if isinstance(item, str):
@@ -247,6 +254,7 @@ def select_parameters(model: nn.Module, params: Any = None) -> dict[str, nn.Para
     frozen = [k for k, p in selected.items() if not p.requires_grad]
     if frozen:
         raise ValueError(f"params: {frozen[:3]} have requires_grad=False; unfreeze them or leave them out")
+    check_not_flat(selected)
     return dict(sorted(selected.items(), key=lambda kv: list(named).index(kv[0])))
 
 

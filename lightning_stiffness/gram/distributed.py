@@ -18,22 +18,34 @@ from torch import Tensor, nn
 
 from lightning_stiffness.gram.api import GramResult, per_example_gram_blocks, select_parameters, unwrap_model
 from lightning_stiffness.gram.kernel import block_name
+from lightning_stiffness.gram.sharding import is_sharded
 
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def partition_parameters(params: dict[str, nn.Parameter], world_size: int) -> list[list[str]]:
+def partition_parameters(sizes: dict[str, int], world_size: int) -> list[list[str]]:
     """Split parameter names into ``world_size`` groups of about equal total size (largest
-    first onto the least-loaded rank); deterministic, so every rank computes the same split."""
+    first onto the least-loaded rank); deterministic, so ranks that agree on ``sizes`` compute
+    the same split."""
     loads = [0] * world_size
     groups: list[list[str]] = [[] for _ in range(world_size)]
-    for name in sorted(params, key=lambda k: (-params[k].numel(), k)):
+    for name in sorted(sizes, key=lambda k: (-sizes[k], k)):
         target = loads.index(min(loads))
         groups[target].append(name)
-        loads[target] += params[name].numel()
+        loads[target] += sizes[name]
     return groups
+
+
+def agreed_sizes(params: dict[str, nn.Parameter], device: torch.device, group: Any = None) -> dict[str, int]:
+    """Parameter sizes every rank agrees on: the sum over ranks of the local sizes. Replicated
+    (DDP) and DTensor parameters report the same size everywhere, but FSDP1's parameter views
+    hold a different shard length on each rank, which would give each rank its own split."""
+    names = sorted(params)
+    local = torch.tensor([params[k].numel() for k in names], dtype=torch.float64, device=device)
+    dist.all_reduce(local, group=group)
+    return {k: int(v) for k, v in zip(names, local.tolist())}
 
 
 def distributed_gram(
@@ -52,9 +64,11 @@ def distributed_gram(
     if not is_distributed():
         return per_example_gram_blocks(model, inputs, targets, params=params, return_blocks=return_blocks, **kwargs)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    selected = select_parameters(unwrap_model(model), params)
-    groups = partition_parameters(selected, world)
-    if not all(groups) and any(type(p).__name__ == "DTensor" for p in selected.values()):
+    model = unwrap_model(model)
+    selected = select_parameters(model, params)
+    device = next(iter(selected.values())).device
+    groups = partition_parameters(agreed_sizes(selected, device, group), world)
+    if not all(groups) and is_sharded(model, selected.values()):
         # a sharded forward gathers parameters collectively: a rank that skipped it would hang the rest
         raise ValueError(
             f"{len(selected)} selected parameter(s) for {world} ranks: with sharded (FSDP) parameters every rank "
@@ -63,7 +77,6 @@ def distributed_gram(
     mine = groups[rank]
     blocks = sorted({block_name(k) for k in selected})
     n = int(targets.shape[0])
-    device = next(iter(selected.values())).device
     dtype = torch.float64 if any(p.dtype == torch.float64 for p in selected.values()) else torch.float32
     partial: GramResult | None = None
     error = ""

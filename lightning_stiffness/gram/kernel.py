@@ -18,12 +18,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_stiffness.gram.capture import capture_calls, count_parameter_uses
+from lightning_stiffness.gram.capture import GraphKey, capture_calls, count_parameter_uses, graph_key
 from lightning_stiffness.gram.cost import choose_strategy
 from lightning_stiffness.gram.factors import KroneckerTerm, materialize
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses
 from lightning_stiffness.gram.reference import RowFn, loop_rows, vmap_rows
 from lightning_stiffness.gram.rules import PerExampleGrad, find_rule
+from lightning_stiffness.gram.sharding import is_sharded
 from lightning_stiffness.gram.tiling import add_dense_gram, add_ghost_gram, add_materialized_gram, add_row_gram
 
 LayerStrategy = Literal["auto", "ghost", "materialize"]
@@ -89,7 +90,11 @@ def kernel_gram(
     modules = dict(model.named_modules())
     owner_modules = {m for attrs in owners.values() for m, _ in attrs}
     hooked = {name: m for name, m in modules.items() if name in owner_modules and find_rule(m) is not None}
-    with capture_calls(hooked, batch.n) as record:
+    attributes: defaultdict[str, set[str]] = defaultdict(set)
+    for owner_attrs in owners.values():
+        for m, attr in owner_attrs:
+            attributes[m].add(attr)
+    with capture_calls(hooked, batch.n, attributes) as record:
         outputs = call_model(model, batch.inputs)
     losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
     uses = count_parameter_uses(losses.sum())
@@ -104,7 +109,7 @@ def kernel_gram(
             fallback[pname] = reason
 
     calls_needed = {m for pname in covered for m, _ in covered[pname]}
-    zs = [c.z for m in sorted(calls_needed) for c in record.calls[m] if uses[id(c.z)] > 0]
+    zs = [c.z for m in sorted(calls_needed) for c in record.calls[m] if uses[graph_key(c.z)] > 0]
     backprops = dict(zip(map(id, zs), torch.autograd.grad(losses.sum(), zs))) if zs else {}
     del outputs, losses
 
@@ -128,11 +133,11 @@ def kernel_gram(
                 cache.pop(m, None)
 
     if fallback:
-        sharded = [k for k in fallback if type(params[k]).__name__ == "DTensor"]
-        if sharded:
+        if is_sharded(model, params.values()):
+            first = next(iter(fallback))
             raise RuntimeError(
-                f"parameters {sharded[:3]} are sharded (FSDP) and no layer rule covers them "
-                f"({fallback[sharded[0]]}); the exact fallback needs whole parameters. Restrict params= to "
+                f"parameters {list(fallback)[:3]} are sharded (FSDP) and no layer rule covers them "
+                f"({fallback[first]}); the exact fallback needs whole parameters. Restrict params= to "
                 "layers with rules, or measure without sharding."
             )
         _warn_fallback(fallback)
@@ -225,13 +230,15 @@ def _coverage_problem(
     hooked: dict[str, nn.Module],
     calls: dict[str, list],
     problems: dict[str, str],
-    uses: dict[int, int],
+    uses: dict[GraphKey, int],
 ) -> str | None:
     """``None`` when the captured calls account for every use of ``p``; else why not."""
     # the tensors that stood for p in the graph: p itself and whatever its modules held while
     # running (FSDP's unsharded parameters)
-    ids = {id(p)} | {c.param_ids[attr] for m, attr in owner_attrs for c in calls.get(m, []) if attr in c.param_ids}
-    total_uses = sum(uses.get(i, 0) for i in ids)
+    keys = {graph_key(p)} | {
+        c.param_keys[attr] for m, attr in owner_attrs for c in calls.get(m, []) if attr in c.param_keys
+    }
+    total_uses = sum(uses.get(key, 0) for key in keys)
     if total_uses == 0:
         return "unused"
     captured = 0
@@ -245,7 +252,7 @@ def _coverage_problem(
         reason = rule.unsupported_reason(module) if rule is not None else "no layer rule"
         if reason:
             return f"{mname}: {reason}"
-        captured += sum(1 for c in calls[mname] if uses.get(id(c.z), 0) > 0)
+        captured += sum(1 for c in calls[mname] if uses.get(graph_key(c.z), 0) > 0)
     if captured != total_uses:
         names = ", ".join(m or "<root>" for m, _ in owner_attrs)
         return f"{names}: parameter used {total_uses}x in the graph but {captured}x through its module's forward"

@@ -45,8 +45,10 @@ def vmap_rows(model: nn.Module, params: dict[str, nn.Parameter], batch: ProbeBat
     dtype = next(iter(params.values())).dtype
     vbatch = vmap_safe_inputs(model, batch, dtype if dtype.is_floating_point else torch.float32)
     in_dims = vbatch.in_dims()
-    detached = {k: p.detach() for k, p in params.items()}
-    names = list(params)
+    # functional_call needs the module's own names, which may hold wrapper segments that params' names lack
+    own_name = {id(p): k for k, p in model.named_parameters()}
+    detached = {own_name[id(p)]: p.detach() for p in params.values()}
+    names = list(detached)
 
     def loss_one(p: dict[str, Tensor], inputs: Any, target: Tensor) -> Tensor:
         inputs = _add_batch_dim(inputs, in_dims)

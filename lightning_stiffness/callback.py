@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
@@ -29,13 +28,14 @@ from lightning_stiffness.analytics import capture_representations, cosine_distan
 from lightning_stiffness.gram import GramResult, per_example_gram, select_parameters
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch
+from lightning_stiffness.gram.sharding import is_sharded
 from lightning_stiffness.log import custom_scalars_layout, log_images, log_scalars, tensorboard_writers
 from lightning_stiffness.measurement import Measurement, load_measurement, save_measurement
 from lightning_stiffness.probe import BatchAdapter, ProbeData, ProbeSpec, choose_probe, collate_probe, split_batch
 from lightning_stiffness.schedule import MeasurementSchedule
+from lightning_stiffness.strategies import ProbeTarget, probe_target, strategy_problem
 
 SPLITS = ("train", "val")
-SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)
 #: Relative error above which the first-measurement cross-check warns (float32 Grams agree to ~1e-6).
 VERIFY_TOLERANCE = 1e-3
 
@@ -52,9 +52,10 @@ class StiffnessCallback(Callback):
     images, and to ``<log_dir>/stiffness/measurement-*.pt`` (read with
     :func:`~lightning_stiffness.load_measurements`).
 
-    Training is unaffected: the probe runs on the unwrapped module in eval mode without
-    touching ``.grad``, the optimizer or any RNG stream, and a failed measurement only warns.
-    Measurements run on global rank 0.
+    Training is unaffected: the probe runs in eval mode without touching ``.grad``, the
+    optimizer or any RNG stream, and a failed measurement only warns. Works on one device and
+    under DDP, FSDP (``FSDPStrategy``, use_orig_params=True) and ``ModelParallelStrategy``
+    (FSDP2): every rank computes a share of the Gram; global rank 0 analyses, saves and logs.
 
     Args:
         every_n_steps: measure every n optimizer steps (None: only the other triggers).
@@ -222,13 +223,9 @@ class StiffnessCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not isinstance(trainer.strategy, SUPPORTED_STRATEGIES):
-            raise MisconfigurationException(
-                f"StiffnessCallback supports single-device, DDP and ModelParallelStrategy (FSDP2) training, not "
-                f"{type(trainer.strategy).__name__}: there the module is wrapped (FSDP1, DeepSpeed) and cannot be "
-                "evaluated per example outside the wrapper. Use ModelParallelStrategy with fully_shard in "
-                "configure_model, strategy='ddp', or remove the callback for this run."
-            )
+        problem = strategy_problem(trainer.strategy)
+        if problem:
+            raise MisconfigurationException(f"StiffnessCallback: {problem}")
         if self.log_images and not tensorboard_writers(trainer.loggers):
             raise MisconfigurationException(
                 "StiffnessCallback(log_images=True) needs a TensorBoardLogger to receive images, but the trainer "
@@ -410,12 +407,17 @@ class StiffnessCallback(Callback):
         try:
             self._prepare_probe(trainer)
             module = self._measured_module(pl_module)
-            result, gram_seconds = self._gram(module)
-            # a forward: under FSDP every rank must take part in its parameter gathers
-            distances = self._representation_distances(module)
+            with probe_target(trainer, pl_module, module, self.module_attr) as target:
+                result, gram_seconds = self._gram(target)
+                # a forward: under FSDP every rank must take part in its parameter gathers
+                distances = self._representation_distances(target)
+                sharded = is_sharded(target.model, target.model.parameters())
             if not trainer.is_global_zero:
                 return
-            measurement = self._analyze(module, result, distances, step, trainer.current_epoch, trigger)
+            # the plain-autograd cross-check differentiates whole parameters: not possible on shards
+            if self.verify and self.verification is None and not sharded:
+                self._verify(module, result.gram)
+            measurement = self._analyze(result, distances, step, trainer.current_epoch, trigger)
         except Exception as err:  # a measurement must never stop training
             if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -431,21 +433,21 @@ class StiffnessCallback(Callback):
         self.measurements.append(measurement)
         self._publish(trainer, measurement)
 
-    def _gram(self, module: nn.Module) -> tuple[GramResult, float]:
-        device = next(module.parameters()).device
+    def _gram(self, target: ProbeTarget) -> tuple[GramResult, float]:
+        device = next(target.model.parameters()).device
         inputs, targets = self._probe_on(device)
         start = time.perf_counter()
         result = distributed_gram(
-            module,
+            target.model,
             inputs,
             targets,
             loss_fn=self.loss_fn,
             method=self.method,
-            params=self.params,
+            params=target.params(self.params),
             memory_budget=self.memory_budget,
             return_blocks=self.layerwise,
         )
-        return result, time.perf_counter() - start
+        return target.strip(result), time.perf_counter() - start
 
     def _verify(self, module: nn.Module, gram: Tensor) -> None:
         """Compare the first ``verify`` rows of the Gram with an independent per-example loop."""
@@ -465,16 +467,18 @@ class StiffnessCallback(Callback):
                 "stiffness values are unreliable. Check the model, or pass method='loop'."
             )
 
-    def _representation_distances(self, module: nn.Module) -> dict[str, Tensor]:
+    def _representation_distances(self, target: ProbeTarget) -> dict[str, Tensor]:
         if not self.representation_layers:
             return {}
-        inputs, _ = self._probe_on(next(module.parameters()).device)
-        reps = capture_representations(module, inputs, self.representation_layers)
-        return {f"layer:{name}": cosine_distance_matrix(r) for name, r in reps.items()}
+        inputs, _ = self._probe_on(next(target.model.parameters()).device)
+        reps = capture_representations(target.model, inputs, target.layers(self.representation_layers))
+        return {
+            f"layer:{name}": cosine_distance_matrix(reps[inner])
+            for name, inner in zip(self.representation_layers, target.layers(self.representation_layers))
+        }
 
     def _analyze(
         self,
-        module: nn.Module,
         result: GramResult,
         layer_distances: dict[str, Tensor],
         step: int,
@@ -482,9 +486,6 @@ class StiffnessCallback(Callback):
         trigger: str,
     ) -> Measurement:
         assert self._probe is not None
-        # the plain-autograd cross-check differentiates whole parameters: not possible on shards
-        if self.verify and self.verification is None and not _is_sharded(module):
-            self._verify(module, result.gram)
         distances = {"input": self._input_distances} if self._input_distances is not None else {}
         distances.update(layer_distances)
         measurement = analyze(
@@ -519,10 +520,6 @@ class StiffnessCallback(Callback):
                 f"StiffnessCallback: logging the measurement at step {m.step} failed "
                 f"({type(err).__name__}: {err}); training goes on."
             )
-
-
-def _is_sharded(module: nn.Module) -> bool:
-    return any(type(p).__name__ == "DTensor" for p in module.parameters())
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

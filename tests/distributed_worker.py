@@ -176,6 +176,42 @@ def _fit_model_parallel(out: str, with_callback: bool) -> tuple[int, dict[str, t
     return fit_trainer.global_rank, weights
 
 
+def _fit_fsdp1(out: str, with_callback: bool) -> tuple[int, dict[str, torch.Tensor], list[Any]]:
+    """Lightning's FSDPStrategy (FSDP1) on 2 CPU processes, each Linear its own FSDP unit; the
+    callback measures the submodule ``net`` (forward redirected through the FSDP root)."""
+    import lightning as L
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
+    from torch.utils.data import DataLoader
+
+    from tests.lightning_helpers import TinyClassifier, tiny_data, trainer
+
+    class CPUFSDPStrategy(FSDPStrategy):
+        """Lightning allows FSDPStrategy only with CUDA, and torch shards on the CPU only when told
+        ``device_id="cpu"``; everything else is Lightning's FSDP1 strategy as users run it."""
+
+        def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+            return FullyShardedDataParallel(model, device_id=torch.device("cpu"), **self.kwargs)
+
+    L.seed_everything(0, verbose=False)
+    model = TinyClassifier(dropout=0.0)
+    callbacks = (
+        [_probe_callback(f"{out}/measurements-fsdp1", module_attr="net", representation_layers=["1"])]
+        if with_callback
+        else []
+    )
+    strategy = CPUFSDPStrategy(auto_wrap_policy={torch.nn.Linear})
+    fit_trainer = trainer(out, callbacks, strategy=strategy, devices=2, max_steps=4)
+    fit_trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
+    root = fit_trainer.strategy.model
+    with FullyShardedDataParallel.state_dict_type(root, StateDictType.FULL_STATE_DICT):
+        weights = {k.replace("_fsdp_wrapped_module.", ""): v.clone() for k, v in root.state_dict().items()}
+    failures = callbacks[0].failures if callbacks else []
+    assert not failures, failures
+    strategies = [m.strategies for m in callbacks[0].measurements] if callbacks else []
+    return fit_trainer.global_rank, weights, strategies
+
+
 def main() -> None:
     mode, out = sys.argv[1], sys.argv[2]
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -190,6 +226,11 @@ def main() -> None:
         _, probed = _fit_model_parallel(out, True)
         if rank == 0:
             torch.save({"plain": plain, "probed": probed}, f"{out}/mp_weights.pt")
+    elif mode == "lightning-fsdp1":
+        rank, plain, _ = _fit_fsdp1(out, False)
+        _, probed, strategies = _fit_fsdp1(out, True)
+        if rank == 0:
+            torch.save({"plain": plain, "probed": probed, "strategies": strategies}, f"{out}/fsdp1_weights.pt")
     elif mode == "ddp":
         torch.save({"plain": _fit(out, False), "probed": _fit(out, True)}, f"{out}/ddp_weights.pt")
     else:

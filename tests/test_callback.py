@@ -270,15 +270,25 @@ def test_load_measurements_refuses_to_merge_runs(tmp_path: Path) -> None:
     assert load_measurements(tmp_path / "runs" / "a")
 
 
-def test_sharded_strategies_are_refused_clearly(tmp_path: Path) -> None:
+def test_unsupported_strategies_are_refused_clearly(tmp_path: Path) -> None:
     from lightning.pytorch.strategies import Strategy
 
     cb = _cb()
     trainer_ = trainer(tmp_path, [cb], max_epochs=1)
-    # Lightning's FSDP strategy needs a GPU; a strategy class outside the supported ones stands in for it
-    trainer_.strategy.__class__ = type("FSDPStrategy", (Strategy,), {})
-    with pytest.raises(MisconfigurationException, match="not FSDPStrategy"):
+    # DeepSpeed is not installed here; a strategy class outside the supported ones stands in for it
+    trainer_.strategy.__class__ = type("DeepSpeedStrategy", (Strategy,), {})
+    with pytest.raises(MisconfigurationException, match="not DeepSpeedStrategy"):
         cb.setup(trainer_, TinyClassifier(), "fit")
+
+
+def test_fsdp_with_flat_parameters_is_refused_with_the_fix() -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lightning_stiffness.strategies import strategy_problem
+
+    assert strategy_problem(FSDPStrategy()) is None  # Lightning's default: use_orig_params=True
+    problem = strategy_problem(FSDPStrategy(use_orig_params=False))
+    assert problem is not None and "leave use_orig_params at its default" in problem
 
 
 class _TimeFirstClassifier(TinyClassifier):

@@ -120,6 +120,20 @@ def test_callback_under_model_parallel_fsdp2(tmp_path: Path) -> None:
     assert "layer:net.1/sign/zero_crossing" in measurements[0].critical_lengths
 
 
+def test_callback_under_lightning_fsdp1(tmp_path: Path) -> None:
+    """Lightning's FSDPStrategy (each Linear an FSDP unit, the LightningModule the root) measuring
+    the submodule ``net``: the probe runs through the FSDP root, results use ``net``'s own names,
+    the numbers match one process, and training is unchanged by the callback."""
+    _run_worker("lightning-fsdp1", tmp_path)
+    measurements = _check_unchanged_training_and_step0_gram(
+        tmp_path / "fsdp1_weights.pt", tmp_path / "measurements-fsdp1"
+    )
+    assert [m.step for m in measurements] == [0, 2, 4]
+    assert "layer:1/sign/zero_crossing" in measurements[0].critical_lengths
+    strategies = torch.load(tmp_path / "fsdp1_weights.pt")["strategies"]
+    assert set(strategies[0]) == {"0.weight", "0.bias", "3.weight", "3.bias"}
+
+
 def test_callback_under_ddp(tmp_path: Path) -> None:
     _run_worker("ddp", tmp_path)
     measurements = _check_unchanged_training_and_step0_gram(tmp_path / "ddp_weights.pt", tmp_path / "measurements")

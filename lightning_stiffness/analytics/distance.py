@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from lightning_stiffness.analytics.stiffness import as_float
 from lightning_stiffness.gram.inputs import call_model
+from lightning_stiffness.gram.sharding import clean_name
 
 
 def preprocess_inputs(inputs: Tensor, *, standardize: bool = True) -> Tensor:
@@ -86,7 +87,8 @@ def capture_representations(model: nn.Module, inputs: Any, module_names: Sequenc
         model: the network.
         inputs: a Tensor (``model(x)``), a tuple (``model(*x)``) or a Mapping (``model(**x)``); the
             number of examples ``N`` is the leading size of the first tensor found.
-        module_names: names as in ``model.named_modules()``.
+        module_names: names as in ``model.named_modules()``, without wrapper segments such as
+            FSDP1's ``_fsdp_wrapped_module``.
 
     Returns:
         name → the module's output flattened to ``(N, D)`` float, detached (a copy, so later
@@ -97,7 +99,8 @@ def capture_representations(model: nn.Module, inputs: Any, module_names: Sequenc
             not called, or a module whose output is not a tensor with leading size ``N``.
     """
     names = list(dict.fromkeys(module_names))
-    modules = dict(model.named_modules())
+    # names without wrapper segments (FSDP1 units); the innermost module of a name wins
+    modules = {clean_name(k): m for k, m in model.named_modules()}
     unknown = [name for name in names if name not in modules]
     if unknown:
         valid = [name for name in modules if name]

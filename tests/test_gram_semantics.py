@@ -349,6 +349,39 @@ def test_names_inside_wrappers_are_reported_without_wrapper_segments(method: str
     assert rel_err(only.blocks["3"], direct.blocks["3"]) <= 1e-6
 
 
+class CheckpointedNet(nn.Module):
+    """A block under ``torch.utils.checkpoint`` (non-reentrant) and one under Lightning/FSDP's
+    ``checkpoint_wrapper``: activations are recomputed in the backward, hooks fire twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        self.block = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8))
+        self.wrapped = checkpoint_wrapper(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False)
+        return self.head(self.wrapped(h))
+
+
+@pytest.mark.parametrize("method", ["kernel", "auto"])
+def test_activation_checkpointing_is_exact_without_fallback(method: str) -> None:
+    """torch.func cannot differentiate through checkpointing's saved-tensor hooks; the kernel
+    engine needs only one backward to the layer outputs, so it stays exact and on its fast path."""
+    torch.manual_seed(0)
+    model = CheckpointedNet()
+    x, y = torch.randn(7, 6), torch.arange(7) % 3
+    reference = independent_gram(double_model(model), x.double(), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback
+        result = per_example_gram_blocks(model, x, y, method=method)
+    assert rel_err(result.gram, reference) <= 1e-5
+    assert set(result.blocks) == {"block.0", "block.2", "wrapped.0", "head"}
+    assert not any(s.startswith("fallback") for s in result.strategies.values())
+
+
 # --------------------------------------------------------------------------- in-place ops
 
 

@@ -151,20 +151,10 @@ def _fit_model_parallel(out: str, with_callback: bool) -> tuple[int, dict[str, t
     from lightning.pytorch.strategies import ModelParallelStrategy
     from torch.utils.data import DataLoader
 
-    from tests.lightning_helpers import TinyClassifier, tiny_data, trainer
-
-    class Sharded(TinyClassifier):
-        def configure_model(self) -> None:
-            from torch.distributed.fsdp import fully_shard
-
-            mesh = self.device_mesh["data_parallel"]
-            for layer in self.net:
-                if any(True for _ in layer.parameters()):
-                    fully_shard(layer, mesh=mesh)
-            fully_shard(self.net, mesh=mesh)
+    from tests.lightning_helpers import FullyShardedTinyClassifier, tiny_data, trainer
 
     L.seed_everything(0, verbose=False)
-    model = Sharded(dropout=0.0)
+    model = FullyShardedTinyClassifier(dropout=0.0)
     callbacks = [_probe_callback(f"{out}/measurements-mp", representation_layers=["net.1"])] if with_callback else []
     fit_trainer = trainer(out, callbacks, strategy=ModelParallelStrategy(), devices=2, max_steps=4)
     fit_trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))

@@ -37,6 +37,19 @@ class TinyClassifier(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
+class FullyShardedTinyClassifier(TinyClassifier):
+    """:class:`TinyClassifier` sharded with FSDP2 in ``configure_model`` (ModelParallelStrategy)."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for layer in self.net:
+            if any(True for _ in layer.parameters()):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
+
+
 def tiny_data(n: int = 96, seed: int = 0) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 3

@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_stiffness import StiffnessCallback, load_measurements, per_example_gram
+from lightning_stiffness.gram.inputs import ProbeBatch
 from lightning_stiffness.probe import choose_probe, collate_probe
 from tests.conftest import double_model, rel_err, to_double
-from tests.lightning_helpers import TinyClassifier, tiny_data, trainer
+from tests.lightning_helpers import FullyShardedTinyClassifier, TinyClassifier, tiny_data, trainer
 from tests.zoo import ZOO
 
 REQUESTED = os.environ.get("STIFFNESS_TEST_DEVICE")
@@ -44,16 +45,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _move(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_move(v, device) for v in obj)
-    return obj
-
-
 @pytest.mark.parametrize("method", ["auto", "kernel", "vmap"])
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_on_device_matches_the_float64_cpu_loop(name: str, method: str) -> None:
@@ -62,9 +53,10 @@ def test_zoo_on_device_matches_the_float64_cpu_loop(name: str, method: str) -> N
     case = ZOO[name]()
     reference = per_example_gram(double_model(case.model), to_double(case.inputs), case.targets, method="loop")
     model = copy.deepcopy(case.model).to(DEVICE)
+    batch = ProbeBatch.create(case.inputs, case.targets).map_tensors(lambda t: t.to(DEVICE))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the fallback warning of some zoo models
-        gram = per_example_gram(model, _move(case.inputs, DEVICE), case.targets.to(DEVICE), method=method)
+        gram = per_example_gram(model, batch.inputs, batch.targets, method=method)
     assert gram.device.type == DEVICE.type and gram.dtype == torch.float32
     assert rel_err(gram.cpu(), reference) <= 1e-5
 
@@ -79,20 +71,9 @@ def _strategy(kind: str) -> Any:
     return kind
 
 
-class _FullyShardedTiny(TinyClassifier):
-    def configure_model(self) -> None:
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = self.device_mesh["data_parallel"]
-        for layer in self.net:
-            if any(True for _ in layer.parameters()):
-                fully_shard(layer, mesh=mesh)
-        fully_shard(self.net, mesh=mesh)
-
-
 def _fit(out: Path, kind: str, with_callback: bool) -> tuple[dict[str, Tensor], StiffnessCallback | None]:
     L.seed_everything(0, verbose=False)
-    model = _FullyShardedTiny(dropout=0.0) if kind == "model-parallel" else TinyClassifier(dropout=0.0)
+    model = FullyShardedTinyClassifier(dropout=0.0) if kind == "model-parallel" else TinyClassifier(dropout=0.0)
     callback = (
         StiffnessCallback(
             every_n_steps=2, per_class=4, splits=("train",), log_images=False, save_dir=str(out / "measurements")

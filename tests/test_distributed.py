@@ -58,37 +58,35 @@ def test_distributed_gram_equals_single_process(tmp_path: Path) -> None:
         assert set(res["strategies"]) == set(reference.strategies)
 
 
-def test_distributed_gram_on_fsdp2_sharded_model(tmp_path: Path) -> None:
-    """Each rank holds a shard of every parameter (FSDP2 on a CPU mesh); the layer rules work
-    from activations and backprops only, so the exact Gram needs no gathered weights."""
-    _run_worker("fsdp", tmp_path)
+def _sharded_engine_results(tmp_path: Path, mode: str) -> list[dict]:
+    """Run a sharded engine worker; each rank's saved result must equal the single-process Gram,
+    blocks and parameter names, with every parameter on a layer rule (no fallback on shards)."""
+    _run_worker(mode, tmp_path)
     model, x, y = probe_model()
     reference = per_example_gram_blocks(model, x, y, return_blocks=True)
-    for rank in (0, 1):
-        res = torch.load(tmp_path / f"fsdp_rank{rank}.pt")
-        torch.testing.assert_close(res["gram"], reference.gram, rtol=1e-5, atol=1e-6)
-        for name, block in reference.blocks.items():
-            torch.testing.assert_close(res["blocks"][name], block, rtol=1e-5, atol=1e-6)
-        assert res["still_sharded"], "parameters were gathered outside FSDP"
-        assert set(res["strategies"]) == set(reference.strategies)
-        assert not any(s.startswith("fallback") for s in res["strategies"].values())
-
-
-def test_distributed_gram_on_fsdp1_wrapped_model(tmp_path: Path) -> None:
-    """FullyShardedDataParallel (FSDP1, use_orig_params=True): the layers hold views of all-gathered
-    flat parameters during the forward, yet every rank gets the exact Gram under the unwrapped
-    names, FSDP's own training step is unchanged afterwards, and use_orig_params=False is refused."""
-    _run_worker("fsdp1", tmp_path)
-    model, x, y = probe_model()
-    reference = per_example_gram_blocks(model, x, y, return_blocks=True)
-    for rank in (0, 1):
-        res = torch.load(tmp_path / f"fsdp1_rank{rank}.pt")
+    results = [torch.load(tmp_path / f"{mode}_rank{rank}.pt") for rank in (0, 1)]
+    for res in results:
         torch.testing.assert_close(res["gram"], reference.gram, rtol=1e-5, atol=1e-6)
         assert res["blocks"].keys() == reference.blocks.keys()
         for name, block in reference.blocks.items():
             torch.testing.assert_close(res["blocks"][name], block, rtol=1e-5, atol=1e-6)
         assert res["strategies"].keys() == reference.strategies.keys()
         assert not any(s.startswith("fallback") for s in res["strategies"].values())
+    return results
+
+
+def test_distributed_gram_on_fsdp2_sharded_model(tmp_path: Path) -> None:
+    """Each rank holds a shard of every parameter (FSDP2 on a CPU mesh); the layer rules work
+    from activations and backprops only, so the exact Gram needs no gathered weights."""
+    for res in _sharded_engine_results(tmp_path, "fsdp"):
+        assert res["still_sharded"], "parameters were gathered outside FSDP"
+
+
+def test_distributed_gram_on_fsdp1_wrapped_model(tmp_path: Path) -> None:
+    """FullyShardedDataParallel (FSDP1, use_orig_params=True): the layers hold views of all-gathered
+    flat parameters during the forward, yet every rank gets the exact Gram under the unwrapped
+    names, FSDP's own training step is unchanged afterwards, and use_orig_params=False is refused."""
+    for res in _sharded_engine_results(tmp_path, "fsdp1"):
         assert res["grads_equal"], "a training step after the probe gave other gradients"
         assert "use_orig_params=True" in res["flat_error"]
 

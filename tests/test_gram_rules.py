@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
@@ -130,10 +130,8 @@ def conv_configs(draw: st.DrawFn) -> dict:
     }
 
 
-@SETTINGS
-@given(cfg=conv_configs(), seed=st.integers(0, 2**16))
-def test_conv_rule(cfg: dict, seed: int) -> None:
-    torch.manual_seed(seed)
+def conv_and_input(cfg: dict) -> tuple[nn.Module, Tensor]:
+    """A float64 convolution built from a ``conv_configs`` draw, and an input of N examples for it."""
     conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[cfg["dim"]]
     layer = conv_cls(
         cfg["c_in"],
@@ -146,7 +144,22 @@ def test_conv_rule(cfg: dict, seed: int) -> None:
         bias=cfg["bias"],
         padding_mode=cfg["padding_mode"],
     ).double()
-    x = torch.randn(N, cfg["c_in"], *cfg["size"], dtype=torch.float64)
+    return layer, torch.randn(N, cfg["c_in"], *cfg["size"], dtype=torch.float64)
+
+
+def sees_input(layer: nn.Module, x: Tensor) -> bool:
+    """Whether any output position of the convolution reads a real (not padded) input element."""
+    with torch.no_grad():
+        ones = layer._conv_forward(torch.ones_like(x), torch.ones_like(layer.weight), None)
+    return bool(ones.abs().sum() > 0)
+
+
+@SETTINGS
+@given(cfg=conv_configs(), seed=st.integers(0, 2**16))
+def test_conv_rule(cfg: dict, seed: int) -> None:
+    torch.manual_seed(seed)
+    layer, x = conv_and_input(cfg)
+    assume(sees_input(layer, x))  # e.g. a 1-wide kernel striding over padding only: no gradient to test
     assert_rule_exact(layer, x, seed=seed)
 
 
@@ -155,19 +168,7 @@ def test_conv_rule(cfg: dict, seed: int) -> None:
 def test_conv_patches_reproduce_the_convolution(cfg: dict, seed: int) -> None:
     """``unfold_patches`` is the convolution's own im2col: per group, patches · Wᵀ = conv(x) − bias."""
     torch.manual_seed(seed)
-    conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[cfg["dim"]]
-    layer = conv_cls(
-        cfg["c_in"],
-        cfg["c_out"],
-        cfg["kernel"],
-        stride=cfg["stride"],
-        padding=cfg["padding"],
-        dilation=cfg["dilation"],
-        groups=cfg["groups"],
-        bias=False,
-        padding_mode=cfg["padding_mode"],
-    ).double()
-    x = torch.randn(N, cfg["c_in"], *cfg["size"], dtype=torch.float64)
+    layer, x = conv_and_input({**cfg, "bias": False})
     expected = layer(x)
     groups = cfg["groups"]
     patches = unfold_patches(x, layer)  # (N, T, C_in·k)

@@ -43,6 +43,12 @@ def strategy_problem(strategy: Strategy) -> str | None:
             "FSDPStrategy(use_orig_params=False) merges each unit's parameters into one flat tensor, so "
             "per-layer gradients cannot be told apart; leave use_orig_params at its default (True)."
         )
+    if isinstance(strategy, FSDPStrategy) and getattr(strategy.cpu_offload, "offload_params", False):
+        return (
+            "FSDPStrategy(cpu_offload=True) keeps the parameters on the CPU while the layers compute on the "
+            "GPU; the Gram engine places its work on the parameters' device and is not built for that split. "
+            "Train without cpu_offload to measure stiffness, or remove the callback for this run."
+        )
     return None
 
 

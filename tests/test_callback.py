@@ -281,7 +281,7 @@ def test_unsupported_strategies_are_refused_clearly(tmp_path: Path) -> None:
         cb.setup(trainer_, TinyClassifier(), "fit")
 
 
-def test_fsdp_with_flat_parameters_is_refused_with_the_fix() -> None:
+def test_fsdp_settings_the_engine_cannot_measure_are_refused_with_the_fix() -> None:
     from lightning.pytorch.strategies import FSDPStrategy
 
     from lightning_stiffness.strategies import strategy_problem
@@ -289,6 +289,8 @@ def test_fsdp_with_flat_parameters_is_refused_with_the_fix() -> None:
     assert strategy_problem(FSDPStrategy()) is None  # Lightning's default: use_orig_params=True
     problem = strategy_problem(FSDPStrategy(use_orig_params=False))
     assert problem is not None and "leave use_orig_params at its default" in problem
+    problem = strategy_problem(FSDPStrategy(cpu_offload=True))
+    assert problem is not None and "Train without cpu_offload" in problem
 
 
 class _TimeFirstClassifier(TinyClassifier):

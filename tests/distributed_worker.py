@@ -102,6 +102,17 @@ def _fsdp1_rank(rank: int, world: int, out: str) -> None:
         distributed_gram(wrapped(use_orig_params=False), x, y)
     except (ValueError, RuntimeError) as err:
         flat_error = str(err)
+    # a Hugging Face BERT with one FSDP unit per layer: embeddings (position ids of shape (1, L)),
+    # attention, LayerNorm, padded attention mask
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    from tests.zoo import ZOO
+
+    bert = ZOO["tiny_bert"]()
+    sharded_bert = FullyShardedDataParallel(
+        bert.model, auto_wrap_policy=ModuleWrapPolicy({BertLayer}), use_orig_params=True, device_id=torch.device("cpu")
+    )
+    bert_gram = distributed_gram(sharded_bert, bert.inputs, bert.targets).gram
     torch.save(
         {
             "gram": result.gram,
@@ -110,6 +121,7 @@ def _fsdp1_rank(rank: int, world: int, out: str) -> None:
             "grads_equal": probed_grads.keys() == plain_grads.keys()
             and all(torch.equal(probed_grads[k], plain_grads[k]) for k in plain_grads),
             "flat_error": flat_error,
+            "bert_gram": bert_gram,
         },
         f"{out}/fsdp1_rank{rank}.pt",
     )

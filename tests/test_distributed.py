@@ -19,6 +19,7 @@ from lightning_stiffness.gram.distributed import partition_parameters
 from lightning_stiffness.probe import choose_probe, collate_probe
 from tests.distributed_worker import probe_model
 from tests.lightning_helpers import TinyClassifier, tiny_data
+from tests.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,10 +86,14 @@ def test_distributed_gram_on_fsdp2_sharded_model(tmp_path: Path) -> None:
 def test_distributed_gram_on_fsdp1_wrapped_model(tmp_path: Path) -> None:
     """FullyShardedDataParallel (FSDP1, use_orig_params=True): the layers hold views of all-gathered
     flat parameters during the forward, yet every rank gets the exact Gram under the unwrapped
-    names, FSDP's own training step is unchanged afterwards, and use_orig_params=False is refused."""
+    names (also for a Hugging Face BERT with one unit per layer), FSDP's own training step is
+    unchanged afterwards, and use_orig_params=False is refused."""
+    bert = ZOO["tiny_bert"]()
+    bert_reference = per_example_gram(bert.model, bert.inputs, bert.targets, method="loop")
     for res in _sharded_engine_results(tmp_path, "fsdp1"):
         assert res["grads_equal"], "a training step after the probe gave other gradients"
         assert "use_orig_params=True" in res["flat_error"]
+        torch.testing.assert_close(res["bert_gram"], bert_reference, rtol=1e-5, atol=1e-6)
 
 
 def _check_unchanged_training_and_step0_gram(weights_file: Path, measurements_dir: Path) -> list:

@@ -325,6 +325,27 @@ def test_layers_without_a_rule_fall_back_exactly(kind: str) -> None:
     assert rel_err(result.gram, ref) <= 1e-10
 
 
+def test_parameters_a_rule_does_not_know_fall_back_instead_of_counting_as_unused() -> None:
+    """``weight_norm`` (the pre-parametrization API) gives a Linear the parameters ``weight_g`` and
+    ``weight_v`` and recomputes ``weight`` before each forward: the Linear rule knows only
+    ``weight``/``bias``, so the others must take the exact fallback (they once came out as unused,
+    a silently wrong Gram)."""
+    torch.manual_seed(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # weight_norm is deprecated but still used
+        layer = torch.nn.utils.weight_norm(nn.Linear(4, 5).double())
+    x = torch.randn(N, 4, dtype=torch.float64)
+    model = head_model(layer, x)
+    y = torch.randint(0, 3, (N,))
+    ref = per_example_gram_blocks(model, x, y, method="loop").gram
+    with pytest.warns(RuntimeWarning, match="rule has no gradient for its parameter 'weight_g'"):
+        result = per_example_gram_blocks(model, x, y, method="kernel")
+    assert result.strategies["0.weight_g"].startswith("fallback")
+    assert result.strategies["0.weight_v"].startswith("fallback")
+    assert result.strategies["0.bias"] == "dense"
+    assert rel_err(result.gram, ref) <= 1e-10
+
+
 def test_linear_subclass_without_own_forward_uses_the_rule() -> None:
     class TaggedLinear(nn.Linear):
         pass

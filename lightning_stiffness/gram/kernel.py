@@ -126,6 +126,8 @@ def kernel_gram(
             if m not in cache:
                 cache[m] = _module_grads(hooked[m], record.calls[m], backprops, acc.gram.dtype)
             parts.extend(grads[attr] for grads in cache[m] if attr in grads)
+        if not parts:  # the parameter reached the loss through its module, so its rule must cover it
+            raise RuntimeError(f"the layer rule of {owner_attrs[0][0]!r} returned no gradient for {pname!r}")
         acc.strategies[pname] = _add_parameter_gram(acc.target(block_name(pname)), parts, memory_budget, layer_strategy)
         for m, _ in owner_attrs:
             remaining[m] -= 1
@@ -242,7 +244,7 @@ def _coverage_problem(
     if total_uses == 0:
         return "unused"
     captured = 0
-    for mname, _ in owner_attrs:
+    for mname, attr in owner_attrs:
         module = hooked.get(mname)
         if module is None:
             return f"{mname or '<root>'}: no layer rule for {type(modules[mname]).__name__}"
@@ -252,6 +254,8 @@ def _coverage_problem(
         reason = rule.unsupported_reason(module) if rule is not None else "no layer rule"
         if reason:
             return f"{mname}: {reason}"
+        if rule is not None and attr not in rule.parameter_names:
+            return f"{mname}: the {type(module).__name__} rule has no gradient for its parameter {attr!r}"
         captured += sum(1 for c in calls[mname] if uses.get(graph_key(c.z), 0) > 0)
     if captured != total_uses:
         names = ", ".join(m or "<root>" for m, _ in owner_attrs)

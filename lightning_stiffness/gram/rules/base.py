@@ -26,7 +26,14 @@ PerExampleGrad = list[KroneckerTerm] | Tensor
 
 
 class LayerRule:
-    """Exact per-example gradients of one module type's parameters from (input, grad_output)."""
+    """Exact per-example gradients of one module type's parameters from (input, grad_output).
+
+    ``parameter_names``: the parameter attributes the rule returns gradients for. A module may
+    own others (``weight_norm``'s ``weight_g``/``weight_v``); the engine sends those to the exact
+    fallback instead of treating them as unused.
+    """
+
+    parameter_names: tuple[str, ...] = ("weight", "bias")
 
     def unsupported_reason(self, module: nn.Module) -> str | None:
         """Why this particular module instance cannot use the rule (``None``: it can)."""

@@ -128,6 +128,35 @@ class NoisyNet(nn.Module):
         return self.fc2(torch.tanh(self.fc1(x)))
 
 
+@pytest.mark.parametrize("method", ["auto", "kernel", "loop"])
+def test_max_norm_embedding_weights_are_restored(method: str) -> None:
+    """``Embedding(max_norm=…)`` renormalises looked-up rows in place during the forward; the
+    probe's forward must not leave that change in the model being trained."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, max_norm=0.5), nn.Flatten(), nn.Linear(12, 3))
+    before = model[0].weight.detach().clone()
+    x, y = torch.randint(0, 10, (5, 3)), torch.arange(5) % 3
+    gram = per_example_gram(model, x, y, method=method)
+    assert torch.equal(model[0].weight, before)
+    reference = per_example_gram(model, x, y, method="loop")
+    assert rel_err(gram, reference) <= 1e-6
+
+
+def test_other_in_place_parameter_writes_are_reported() -> None:
+    class WritesItsWeight(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            with torch.no_grad():
+                self.fc.weight.mul_(1.0)
+            return self.fc(x)
+
+    with pytest.warns(RuntimeWarning, match=r"changed parameters \['fc.weight'\] in place"):
+        per_example_gram(WritesItsWeight(), torch.randn(4, 4), torch.arange(4) % 3)
+
+
 @pytest.mark.parametrize("method", ["kernel", "loop", "auto"])
 def test_global_rng_state_unchanged(method: str) -> None:
     torch.manual_seed(0)

@@ -5,10 +5,15 @@ statistics), autocast and TF32 are off (exact float32), gradients are enabled ev
 caller is in ``torch.inference_mode`` or ``no_grad`` (Lightning validation hooks), and the
 global RNG streams are forked. On exit — also on error — every module's ``training`` flag, the
 TF32 switches and the RNG state are restored.
+
+Some forwards write to their own parameters: ``nn.Embedding(max_norm=...)`` renormalises the rows
+it looks up, in place. The probe's forward must not change the model being trained, so those
+weights are restored afterwards; any other parameter changed in place is reported.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -18,6 +23,12 @@ from torch import nn
 
 @contextmanager
 def probe_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
+    with _probe_settings(model, device), _parameters_kept(model):
+        yield
+
+
+@contextmanager
+def _probe_settings(model: nn.Module, device: torch.device) -> Iterator[None]:
     flags = [(m, m.training) for m in model.modules()]
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     with ExitStack() as stack:
@@ -37,3 +48,35 @@ def probe_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
             for module, training in flags:
                 module.training = training
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@contextmanager
+def _parameters_kept(model: nn.Module) -> Iterator[None]:
+    """Restore the weights of ``max_norm`` embeddings (renormalised in place by their forward) and
+    warn about any other parameter the forward changed in place."""
+    renormed: list[torch.Tensor] = [
+        weight
+        for m in model.modules()
+        if getattr(m, "max_norm", None) is not None and isinstance(weight := getattr(m, "weight", None), torch.Tensor)
+    ]
+    saved = [w.detach().clone() for w in renormed]
+    versions = {name: p._version for name, p in model.named_parameters()}
+    try:
+        yield
+    finally:
+        restored = {id(w) for w in renormed}
+        changed = [
+            name
+            for name, p in model.named_parameters()
+            if id(p) not in restored and p._version != versions.get(name, p._version)
+        ]
+        with torch.no_grad():
+            for weight, value in zip(renormed, saved):
+                weight.copy_(value)
+        if changed:
+            warnings.warn(
+                f"the model's forward changed parameters {changed[:3]} in place while computing the Gram; "
+                "training sees the changed values. Avoid in-place writes to parameters in forward.",
+                RuntimeWarning,
+                stacklevel=4,
+            )

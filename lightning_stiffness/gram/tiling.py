@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor
 
 from lightning_stiffness.gram.cost import BYTES
@@ -31,6 +30,14 @@ def _tiles(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _add_tile(out: Tensor, rows: tuple[int, int], cols: tuple[int, int], block: Tensor) -> None:
+    """Add a lower-triangle tile of a symmetric matrix and, off the diagonal, its mirror image."""
+    (i0, i1), (j0, j1) = rows, cols
+    out[i0:i1, j0:j1] += block
+    if j0 != i0:
+        out[j0:j1, i0:i1] += block.T
+
+
 def add_ghost_gram(out: Tensor, terms: list[KroneckerTerm], memory_budget: float) -> None:
     """``out += K`` with ``K[n, m] = Σ_{p,q} Σ_{t,s} (u^p_nt·u^q_ms)(v^p_nt·v^q_ms)``, tiled."""
     n = out.shape[0]
@@ -45,9 +52,7 @@ def add_ghost_gram(out: Tensor, terms: list[KroneckerTerm], memory_budget: float
             rows_j = rows_i if j0 == i0 else [t.rows(j0, j1) for t in terms]
             block = sum(ghost_block(p, q, out.dtype) for p in rows_i for q in rows_j)
             assert isinstance(block, Tensor)
-            out[i0:i1, j0:j1] += block
-            if j0 != i0:
-                out[j0:j1, i0:i1] += block.T
+            _add_tile(out, (i0, i1), (j0, j1), block)
 
 
 def add_materialized_gram(out: Tensor, terms: list[KroneckerTerm], memory_budget: float) -> None:
@@ -86,10 +91,7 @@ def add_row_gram(
             jj = ji if j0 == i0 else rows(j0, j1).to(out.dtype)
             for target, cols in blocks:
                 a, b = (ji, jj) if cols is None else (ji[:, cols], jj[:, cols])
-                block = a @ b.T
-                target[i0:i1, j0:j1] += block
-                if j0 != i0:
-                    target[j0:j1, i0:i1] += block.T
+                _add_tile(target, (i0, i1), (j0, j1), a @ b.T)
 
 
 def add_dense_gram(out: Tensor, grads: Tensor) -> None:
@@ -113,11 +115,4 @@ def add_gram_of(out: Tensor, jac: Tensor) -> None:
     tiles = _tiles(n, -(-n // SYMMETRY_TILES))
     for bi, (i0, i1) in enumerate(tiles):
         for j0, j1 in tiles[: bi + 1]:
-            block = jac[i0:i1] @ jac[j0:j1].T
-            out[i0:i1, j0:j1] += block
-            if j0 != i0:
-                out[j0:j1, i0:i1] += block.T
-
-
-def empty_gram(n: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.zeros(n, n, dtype=dtype, device=device)
+            _add_tile(out, (i0, i1), (j0, j1), jac[i0:i1] @ jac[j0:j1].T)

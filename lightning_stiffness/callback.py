@@ -471,10 +471,11 @@ class StiffnessCallback(Callback):
         if not self.representation_layers:
             return {}
         inputs, _ = self._probe_on(next(target.model.parameters()).device)
-        reps = capture_representations(target.model, inputs, target.layers(self.representation_layers))
+        inner_names = target.layers(self.representation_layers)
+        reps = capture_representations(target.model, inputs, inner_names)
         return {
             f"layer:{name}": cosine_distance_matrix(reps[inner])
-            for name, inner in zip(self.representation_layers, target.layers(self.representation_layers))
+            for name, inner in zip(self.representation_layers, inner_names)
         }
 
     def _analyze(

@@ -26,6 +26,7 @@ from lightning.pytorch.strategies import (
 from torch import nn
 
 from lightning_stiffness.gram import GramResult
+from lightning_stiffness.gram.sharding import is_fsdp1_wrapper
 
 SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy, FSDPStrategy)
 
@@ -98,7 +99,7 @@ def probe_target(
 ) -> Iterator[ProbeTarget]:
     """The :class:`ProbeTarget` for this trainer's strategy, valid inside the ``with`` block."""
     root = trainer.strategy.model if isinstance(trainer.strategy, FSDPStrategy) else None
-    if root is None or root is measured or type(root).__name__ != "FullyShardedDataParallel":
+    if root is None or root is measured or not is_fsdp1_wrapper(root):
         yield ProbeTarget(measured)
         return
     if measured is pl_module:

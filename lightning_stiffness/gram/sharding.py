@@ -34,8 +34,12 @@ def is_dtensor(p: nn.Parameter) -> bool:
     return type(p).__name__ == "DTensor"
 
 
+def is_fsdp1_wrapper(module: nn.Module) -> bool:
+    return type(module).__name__ == "FullyShardedDataParallel"
+
+
 def has_fsdp1_wrapper(model: nn.Module) -> bool:
-    return any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
+    return any(is_fsdp1_wrapper(m) for m in model.modules())
 
 
 def is_sharded(model: nn.Module, params: Iterable[nn.Parameter]) -> bool:

@@ -315,10 +315,7 @@ class StiffnessCallback(Callback):
         return trainer.is_global_zero or is_distributed()
 
     def _measured_module(self, pl_module: LightningModule) -> nn.Module:
-        if self.module_attr is None:
-            return pl_module
-        module = pl_module.get_submodule(self.module_attr) if self.module_attr else pl_module
-        return module
+        return pl_module.get_submodule(self.module_attr) if self.module_attr else pl_module
 
     def _directory(self, trainer: Trainer) -> Path:
         if self.save_dir:
@@ -394,8 +391,8 @@ class StiffnessCallback(Callback):
     def _probe_on(self, device: torch.device) -> tuple[Any, Tensor]:
         assert self._probe is not None
         if self._device_probe is None or self._device_probe[0] != device:
-            inputs = _to_device(self._probe.inputs, device)
-            self._device_probe = (device, inputs, self._probe.targets.to(device))
+            batch = ProbeBatch.create(self._probe.inputs, self._probe.targets).map_tensors(lambda t: t.to(device))
+            self._device_probe = (device, batch.inputs, batch.targets)
         return self._device_probe[1], self._device_probe[2]
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule, trigger: str) -> None:
@@ -565,13 +562,3 @@ def _trainer_datasets(trainer: Trainer, splits: Sequence[str]) -> dict[str, Data
         if dataset is not None:
             out["val"] = dataset
     return out
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_stiffness.analytics.stiffness import as_float
+from lightning_stiffness.gram.context import eval_mode
 from lightning_stiffness.gram.inputs import call_model
 from lightning_stiffness.gram.sharding import clean_name
 
@@ -107,17 +108,13 @@ def capture_representations(model: nn.Module, inputs: Any, module_names: Sequenc
         raise ValueError(f"unknown module name(s) {unknown}; valid names are {valid}")
     n = _num_examples(inputs)
     captured: dict[str, Tensor] = {}
-    flags = [(module, module.training) for module in model.modules()]
     handles = [modules[name].register_forward_hook(_capture_hook(name, n, captured)) for name in names]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             call_model(model, inputs)
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in flags:
-            module.training = training
     missing = [name for name in names if name not in captured]
     if missing:
         raise ValueError(f"module(s) {missing} were not called during the forward pass, so they have no representation")

@@ -23,13 +23,25 @@ from torch import nn
 
 @contextmanager
 def probe_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
-    with _probe_settings(model, device), _parameters_kept(model):
+    with _probe_settings(device), eval_mode(model), _parameters_kept(model):
         yield
 
 
 @contextmanager
-def _probe_settings(model: nn.Module, device: torch.device) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` inside the block; afterwards — also on error — every module gets back its
+    own ``training`` flag (a module may have been in a different mode than its parent)."""
     flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@contextmanager
+def _probe_settings(device: torch.device) -> Iterator[None]:
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     with ExitStack() as stack:
         cuda_devices = [device] if device.type == "cuda" else []
@@ -42,11 +54,8 @@ def _probe_settings(model: nn.Module, device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         try:
-            model.eval()
             yield
         finally:
-            for module, training in flags:
-                module.training = training
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 

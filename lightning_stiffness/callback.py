@@ -213,6 +213,7 @@ class StiffnessCallback(Callback):
         self._measure_seconds = 0.0
         self._train_seconds_before = 0.0  # training wall-clock of earlier (resumed-from) fits
         self._train_start: float | None = None
+        self._save_path: Path | None = None
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -240,6 +241,9 @@ class StiffnessCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._train_start = time.perf_counter()
         self._last_step = trainer.global_step
+        # ``Trainer.log_dir`` is a broadcast under DDP/FSDP: read it here, where every rank runs,
+        # never later on rank 0 alone (that deadlocked the default-logger DDP run)
+        self._save_path = self._resolve_directory(trainer)
         if not self._participates(trainer):
             return
         self._prepare_probe(trainer)
@@ -317,10 +321,18 @@ class StiffnessCallback(Callback):
     def _measured_module(self, pl_module: LightningModule) -> nn.Module:
         return pl_module.get_submodule(self.module_attr) if self.module_attr else pl_module
 
-    def _directory(self, trainer: Trainer) -> Path:
+    def _resolve_directory(self, trainer: Trainer) -> Path:
+        """Where measurements go. Reads ``trainer.log_dir``, a collective under multi-process
+        strategies, so it is called on every rank at the same point (``on_train_start``)."""
         if self.save_dir:
             return Path(self.save_dir)
         return Path(trainer.log_dir or trainer.default_root_dir) / "stiffness"
+
+    def _directory(self, trainer: Trainer) -> Path:
+        """The directory resolved at train start (rank-local: safe to call on rank 0 only)."""
+        if self._save_path is None:
+            raise RuntimeError("StiffnessCallback: the save directory is resolved in on_train_start")
+        return self._save_path
 
     def _save_run_info(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """``run.json`` beside the measurements: the module's hyperparameters (e.g. the learning

@@ -182,18 +182,10 @@ def _fit_fsdp1(out: str, with_callback: bool) -> tuple[int, dict[str, torch.Tens
     """Lightning's FSDPStrategy (FSDP1) on 2 CPU processes, each Linear its own FSDP unit; the
     callback measures the submodule ``net`` (forward redirected through the FSDP root)."""
     import lightning as L
-    from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
     from torch.utils.data import DataLoader
 
     from tests.lightning_helpers import TinyClassifier, tiny_data, trainer
-
-    class CPUFSDPStrategy(FSDPStrategy):
-        """Lightning allows FSDPStrategy only with CUDA, and torch shards on the CPU only when told
-        ``device_id="cpu"``; everything else is Lightning's FSDP1 strategy as users run it."""
-
-        def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-            return FullyShardedDataParallel(model, device_id=torch.device("cpu"), **self.kwargs)
 
     L.seed_everything(0, verbose=False)
     model = TinyClassifier(dropout=0.0)
@@ -202,7 +194,7 @@ def _fit_fsdp1(out: str, with_callback: bool) -> tuple[int, dict[str, torch.Tens
         if with_callback
         else []
     )
-    strategy = CPUFSDPStrategy(auto_wrap_policy={torch.nn.Linear})
+    strategy = _cpu_fsdp_strategy()
     fit_trainer = trainer(out, callbacks, strategy=strategy, devices=2, max_steps=4)
     fit_trainer.fit(model, DataLoader(tiny_data(96, 0), batch_size=8))
     root = fit_trainer.strategy.model
@@ -212,6 +204,59 @@ def _fit_fsdp1(out: str, with_callback: bool) -> tuple[int, dict[str, torch.Tens
     assert not failures, failures
     strategies = [m.strategies for m in callbacks[0].measurements] if callbacks else []
     return fit_trainer.global_rank, weights, strategies
+
+
+def _cpu_fsdp_strategy() -> Any:
+    """Lightning's FSDPStrategy (FSDP1), each Linear its own unit, on CPU processes."""
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    class CPUFSDPStrategy(FSDPStrategy):
+        """Lightning allows FSDPStrategy only with CUDA, and torch shards on the CPU only when told
+        ``device_id="cpu"``; everything else is Lightning's FSDP1 strategy as users run it."""
+
+        def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+            return FullyShardedDataParallel(model, device_id=torch.device("cpu"), **self.kwargs)
+
+    return CPUFSDPStrategy(auto_wrap_policy={torch.nn.Linear})
+
+
+def _fit_ddp_defaults(out: str, strategy: str) -> None:
+    """The callback as users add it: ``StiffnessCallback(every_n_steps=...)`` with every other
+    setting at its default (probe from train and val, images on, saved under ``trainer.log_dir``),
+    the Trainer's own default TensorBoardLogger and no ``save_dir``. Lightning's ``log_dir`` is a
+    collective under DDP, so touching it on one rank only hangs both."""
+    import lightning as L
+    from lightning.pytorch.strategies import ModelParallelStrategy
+    from torch.utils.data import DataLoader
+
+    from lightning_stiffness import StiffnessCallback
+    from tests.lightning_helpers import FullyShardedTinyClassifier, TinyClassifier, tiny_data
+
+    L.seed_everything(0, verbose=False)
+    model = FullyShardedTinyClassifier(dropout=0.0) if strategy == "model-parallel" else TinyClassifier(dropout=0.0)
+    strategies: dict[str, Any] = {"fsdp1": _cpu_fsdp_strategy, "model-parallel": ModelParallelStrategy}
+    callback = StiffnessCallback(every_n_steps=3, per_class=4)
+    fit_trainer = L.Trainer(
+        accelerator="cpu",
+        strategy=strategies[strategy]() if strategy in strategies else strategy,
+        devices=2,
+        max_steps=6,
+        callbacks=[callback],
+        default_root_dir=out,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    fit_trainer.fit(
+        model,
+        DataLoader(tiny_data(96, 0), batch_size=8),
+        DataLoader(tiny_data(48, 1), batch_size=16),
+    )
+    # under ddp_spawn the ranks ran copies of the callback: the test reads what they saved
+    if fit_trainer.global_rank == 0 and strategy != "ddp_spawn":
+        assert not callback.failures, callback.failures
+        assert [m.step for m in callback.measurements] == [0, 3, 6]
 
 
 def main() -> None:
@@ -233,6 +278,8 @@ def main() -> None:
         _, probed, strategies = _fit_fsdp1(out, True)
         if rank == 0:
             torch.save({"plain": plain, "probed": probed, "strategies": strategies}, f"{out}/fsdp1_weights.pt")
+    elif mode.startswith("defaults-"):
+        _fit_ddp_defaults(out, mode.removeprefix("defaults-"))
     elif mode == "ddp":
         torch.save({"plain": _fit(out, False), "probed": _fit(out, True)}, f"{out}/ddp_weights.pt")
     else:

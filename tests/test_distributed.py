@@ -6,6 +6,8 @@ instead of stalling the suite.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +26,25 @@ from tests.zoo import ZOO
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_worker(mode: str, out: Path) -> None:
-    proc = subprocess.run(
+def _run_worker(mode: str, out: Path, timeout: float = 300) -> None:
+    """Run a worker in its own process group; on a timeout kill the whole group (Lightning's
+    launcher starts the other ranks as children, and handles SIGTERM, so a hang would
+    otherwise outlive the test) and fail with the tail of its output."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "tests.distributed_worker", mode, str(out)],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=300,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{mode}: the run hung (no result after {timeout:.0f} s):\n{output[-3000:]}")
+    assert proc.returncode == 0, output[-3000:]
 
 
 def test_partition_is_balanced_disjoint_and_complete() -> None:
@@ -134,6 +146,21 @@ def test_callback_under_ddp(tmp_path: Path) -> None:
     measurements = _check_unchanged_training_and_step0_gram(tmp_path / "ddp_weights.pt", tmp_path / "measurements")
     steps = [m.step for m in measurements]
     assert steps[:2] == [0, 2] and len(set(steps)) == len(steps)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "fsdp1", "model-parallel"])
+def test_callback_with_default_settings_multiprocess(tmp_path: Path, strategy: str) -> None:
+    """``StiffnessCallback(every_n_steps=3)`` as users add it: the Trainer's default
+    TensorBoardLogger, no ``save_dir``, probe from train and val, images on, under DDP, FSDP1
+    (Lightning's FSDPStrategy) and FSDP2 (ModelParallelStrategy). The run finishes
+    (it used to deadlock: rank 0 read the collective ``Trainer.log_dir`` alone while rank 1 waited
+    in the Gram's all-reduce), and the measurements land under the logger's directory."""
+    _run_worker(f"defaults-{strategy}", tmp_path, timeout=240)
+    log_dir = tmp_path / "lightning_logs" / "version_0"
+    measurements = load_measurements(log_dir / "stiffness")
+    assert [m.step for m in measurements] == [0, 3, 6]
+    assert sorted(m.split_names for m in measurements)[0] == ("train", "val")
+    assert any(p.name.startswith("events.out.tfevents") for p in log_dir.iterdir())
 
 
 @pytest.mark.parametrize("world", [1, 3])

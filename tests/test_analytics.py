@@ -579,7 +579,8 @@ def test_bootstrap_equals_explicit_resampled_matrices(method: str) -> None:
         values.append(xi.value if xi.crossed else (math.inf if math.isfinite(xi.lower_bound) else nan))
     kept = sorted(v for v in values if not math.isnan(v))
     assert point.crossed and math.isfinite(kept[int(0.9 * (len(kept) - 1)) + 1])
-    expected = torch.quantile(torch.tensor(kept, dtype=torch.float64), torch.tensor([0.1, 0.9], dtype=torch.float64)).tolist()
+    qs = torch.tensor([0.1, 0.9], dtype=torch.float64)
+    expected = torch.quantile(torch.tensor(kept, dtype=torch.float64), qs).tolist()
     result = critical_length(
         s, d, labels, method=method, bins=6, max_distance=0.8, bootstrap=30, seed=5, confidence=0.8
     )

@@ -160,12 +160,15 @@ def test_newer_minor_version_sets_unknown_fields_aside_with_one_warning(run_copy
     assert ms[0].critical_length("input", "sign").status == ms[2].critical_length("input", "sign").status
 
 
-def test_newer_major_version_is_refused(run_copy: Path) -> None:
+def test_newer_major_version_is_refused(run_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _resave(_files(run_copy)[1], lambda d: d.update(format_version=f"{FORMAT_VERSION[0] + 1}.0", writer="x 9.0"))
     with pytest.raises(NewerFormatError, match=r"format 2\.0 by x 9\.0.*reads formats up to 1\.x.*pip install -U"):
         load_measurements(run_copy)
     with pytest.raises(NewerFormatError):
         load_run(run_copy)
+    if have_matplotlib():  # the report checks for matplotlib before reading
+        assert cli_main(["report", str(run_copy), "--out", str(run_copy / "report")]) == 2
+        assert "pip install -U lightning-stiffness" in capsys.readouterr().err
 
 
 def test_missing_optional_fields_take_defaults_and_missing_required_is_named(run_copy: Path) -> None:

@@ -28,11 +28,13 @@ def log_scalars(loggers: Sequence[Logger], m: Measurement, extra: dict[str, floa
 
 
 def custom_scalars_layout(kinds: Sequence[str] = ("sign", "cos")) -> dict[str, Any]:
-    """TensorBoard custom-scalars layout: within/between/all on one chart per kind, ξ, cost."""
+    """TensorBoard custom-scalars layout: within/between/all on one chart per kind, ξ (measured
+    only), the lower bounds of ξ where the data do not cross zero (a separate chart), cost."""
     charts: dict[str, Any] = {
         f"{kind} stiffness": ["Multiline", [f"stiffness/{kind}/(within|between|all)$"]] for kind in kinds
     }
     charts["critical length ξ"] = ["Multiline", ["stiffness/critical_length/.*"]]
+    charts["ξ ≥ (no zero crossing in the data)"] = ["Multiline", ["stiffness/critical_length_lower_bound/.*"]]
     charts["gradient coherence"] = ["Multiline", ["stiffness/(m_coherence|gradient_diversity)"]]
     charts["cost"] = ["Multiline", ["stiffness/cost/.*"]]
     return {"stiffness": charts}

@@ -256,3 +256,16 @@ def test_distance_figure_marks_bounds() -> None:
     assert f"ξ zero ≥ {lengths['zero'].lower_bound:.3f}" in labels
     assert f"ξ fit ≥ {lengths['fit'].lower_bound:.3f}" in labels
     assert not any("=" in label for label in labels)
+
+
+def test_custom_scalars_keep_bounds_off_the_xi_chart() -> None:
+    import re
+
+    from lightning_stiffness.log import custom_scalars_layout
+
+    charts = custom_scalars_layout()["stiffness"]
+    xi_pattern = charts["critical length ξ"][1][0]
+    bound_pattern = charts["ξ ≥ (no zero crossing in the data)"][1][0]
+    bound_tag = "stiffness/critical_length_lower_bound/input/sign/zero_crossing"
+    assert re.match(xi_pattern, "stiffness/critical_length/input/sign/zero_crossing")
+    assert not re.match(xi_pattern, bound_tag) and re.match(bound_pattern, bound_tag)

@@ -216,7 +216,10 @@ def _from_dict(data: Any, notes: list[str], source: str) -> Measurement:
     version = parse_format_version(data, source)
     values = {k: v for k, v in data.items() if k not in _METADATA_KEYS}
     if version < (1, 0):
-        values["critical_lengths"] = _legacy_critical_lengths(values.get("critical_lengths", {}), values)
+        try:
+            values["critical_lengths"] = _legacy_critical_lengths(values.get("critical_lengths", {}), values)
+        except (AttributeError, TypeError, ValueError) as error:
+            raise MeasurementFormatError(f"{source}: malformed 0.1 critical lengths ({error})") from error
     known = {f.name for f in fields(Measurement)} - {"unknown_fields"}
     unknown = {k: v for k, v in values.items() if k not in known}
     if unknown:

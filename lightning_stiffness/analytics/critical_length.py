@@ -252,8 +252,10 @@ def critical_length(
             pair ``a < b`` enters with multiplicity ``count(a) · count(b)``. The zero-crossing
             resamples use the binning range of the point estimate.
         seed: seed of the generator.
-        confidence: coverage of the interval ``[q_{(1−c)/2}, q_{(1+c)/2}]`` of the finite bootstrap
-            values (NaN if there are none).
+        confidence: coverage of the interval ``[q_{(1−c)/2}, q_{(1+c)/2}]`` of the bootstrap values:
+            a resample's ξ when measured, ``+inf`` when its ξ lies beyond its data (censored, or
+            extrapolated past the largest distance), dropped otherwise. NaN when the point estimate
+            is not measured or every resample was dropped.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")

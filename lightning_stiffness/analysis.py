@@ -163,7 +163,11 @@ def scalar_metrics(m: Measurement) -> dict[str, float]:
     out["stiffness/m_coherence"] = m.m_coherence
     out["stiffness/gradient_diversity"] = m.gradient_diversity
     for key, xi in m.critical_lengths.items():
+        # ξ only when the data cross zero (NaN, hence dropped, otherwise); a censored or extrapolated
+        # estimate logs its lower bound under its own tag, never as ξ
         out[f"stiffness/critical_length/{key}"] = xi.value
+        if not xi.crossed:
+            out[f"stiffness/critical_length_lower_bound/{key}"] = xi.lower_bound
     for name, summary in m.layers.items():
         out[f"stiffness/layer/{name}/cos/within"] = summary.within
         out[f"stiffness/layer/{name}/cos/between"] = summary.between

@@ -16,11 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--threshold", type=float, help="training loss at which ξ is compared across runs")
     args = parser.parse_args(argv)
 
+    from lightning_stiffness.measurement import MeasurementFormatError
     from lightning_stiffness.report import write_report
 
     try:
         result = write_report(args.runs, args.out, steps=args.steps, threshold=args.threshold)
-    except (FileNotFoundError, ImportError) as err:
+    except (FileNotFoundError, ImportError, MeasurementFormatError) as err:
         print(f"lightning-stiffness report: {err}", file=sys.stderr)
         return 2
     print(f"{len(result.runs)} run(s), {len(result.figures)} figure(s) written to {args.out}")

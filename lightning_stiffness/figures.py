@@ -35,7 +35,8 @@ def distance_figure(
     xlabel: str = "input-space cosine distance 1 − cos(x₁, x₂)",
 ) -> Any:
     """Mean stiffness ± s.e.m. per distance bin, one line per curve, dashed ±1/0 guides
-    (v1 Fig. 9) and a vertical marker per critical length (v3)."""
+    (v1 Fig. 9) and a vertical marker per critical length (v3): solid at a measured ξ, dotted
+    and labelled "ξ ≥" at the lower bound of a censored or extrapolated one (no crossing in the data)."""
     fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     for name, curve in curves.items():
@@ -46,9 +47,10 @@ def distance_figure(
     for value in (-1.0, 0.0, 1.0):
         ax.axhline(value, color="grey", linestyle="--", linewidth=0.8)
     for name, xi in (lengths or {}).items():
-        if math.isfinite(xi.value):
-            style = "-" if xi.crossed else ":"
-            ax.axvline(xi.value, color="black", linestyle=style, linewidth=1.0, label=f"ξ {name} = {xi.value:.3f}")
+        at = xi.bound_or_value
+        if math.isfinite(at):
+            style, relation = ("-", "=") if xi.crossed else (":", "≥")
+            ax.axvline(at, color="black", linestyle=style, linewidth=1.0, label=f"ξ {name} {relation} {at:.3f}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("stiffness")
     ax.set_ylim(-1.05, 1.05)

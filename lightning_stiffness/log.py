@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning_stiffness.analysis import scalar_metrics
 from lightning_stiffness.analytics import reorder_by_superclass
 from lightning_stiffness.figures import distance_figure, have_matplotlib
-from lightning_stiffness.measurement import Measurement
+from lightning_stiffness.measurement import Measurement, split_key
 from lightning_stiffness.render import heatmap, sort_by_label, with_colorbar
 
 
@@ -28,11 +28,13 @@ def log_scalars(loggers: Sequence[Logger], m: Measurement, extra: dict[str, floa
 
 
 def custom_scalars_layout(kinds: Sequence[str] = ("sign", "cos")) -> dict[str, Any]:
-    """TensorBoard custom-scalars layout: within/between/all on one chart per kind, ξ, cost."""
+    """TensorBoard custom-scalars layout: within/between/all on one chart per kind, ξ (measured
+    only), the lower bounds of ξ where the data do not cross zero (a separate chart), cost."""
     charts: dict[str, Any] = {
         f"{kind} stiffness": ["Multiline", [f"stiffness/{kind}/(within|between|all)$"]] for kind in kinds
     }
     charts["critical length ξ"] = ["Multiline", ["stiffness/critical_length/.*"]]
+    charts["ξ ≥ (no zero crossing in the data)"] = ["Multiline", ["stiffness/critical_length_lower_bound/.*"]]
     charts["gradient coherence"] = ["Multiline", ["stiffness/(m_coherence|gradient_diversity)"]]
     charts["cost"] = ["Multiline", ["stiffness/cost/.*"]]
     return {"stiffness": charts}
@@ -68,20 +70,12 @@ def log_images(
 
 
 def _distance_figures(m: Measurement) -> dict[str, Any]:
-    spaces = sorted({key.split("/")[0] for key in m.curves})
+    curve_keys = [(split_key(key), curve) for key, curve in m.curves.items()]
+    length_keys = [(split_key(key), xi) for key, xi in m.critical_lengths.items()]
     out = {}
-    for space in spaces:
-        curves = {
-            f"{kind} {pairs}": curve
-            for key, curve in m.curves.items()
-            for kind, pairs in [key.split("/")[1:3]]
-            if key.startswith(f"{space}/") and pairs != "all"
-        }
-        lengths = {
-            f"{kind} {est}": xi
-            for key, xi in m.critical_lengths.items()
-            for kind, est in [key.split("/")[1:3]]
-            if key.startswith(f"{space}/") and kind == "sign"
-        }
+    for space in sorted({s for (s, _, _), _ in curve_keys}):
+        curves = {f"{kind} {pairs}": c for (s, kind, pairs), c in curve_keys if s == space and pairs != "all"}
+        # measured ξ as a solid line, a censored/extrapolated one as "ξ ≥ bound" (see distance_figure)
+        lengths = {f"{kind} {est}": xi for (s, kind, est), xi in length_keys if s == space and kind == "sign"}
         out[f"stiffness/distance/{space}"] = distance_figure(curves, lengths, title=f"{space}, step {m.step}")
     return out

@@ -2,20 +2,66 @@
 
 Each measurement is saved as ``measurement-<step>-<trigger>.pt`` (plain tensors, numbers and
 strings only, so ``torch.load(weights_only=True)`` reads it) in the callback's directory,
-by default ``<logger.log_dir>/stiffness``.
+by default ``<logger.log_dir>/stiffness``. The file format is described in ``docs/file-format.md``:
+a dict of the fields below plus ``format_version`` (``"MAJOR.MINOR"``, :data:`FORMAT_VERSION`)
+and ``writer``. Files without ``format_version`` were written by lightning-stiffness 0.1.0
+(format ``0.1``) and are converted on loading.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import asdict, dataclass, field, fields
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from lightning_stiffness.analytics import BinnedCurve, CriticalLength, StiffnessSummary, SuperclassStats
+from lightning_stiffness.analytics.critical_length import CENSORED, EXTRAPOLATED, MEASURED, UNDEFINED
+
+#: Version of the on-disk format written by :func:`save_measurement`. A reader loads every file of
+#: its own major version (fields it does not know are set aside with a warning, missing optional
+#: fields take their defaults) and refuses a newer major version.
+FORMAT_VERSION = (1, 0)
+#: Format of files that carry no ``format_version``: written by lightning-stiffness 0.1.0.
+LEGACY_FORMAT_VERSION = (0, 1)
+#: Keys of the on-disk dict that are not :class:`Measurement` fields.
+_METADATA_KEYS = ("format_version", "writer")
+
+_T = TypeVar("_T")
+
+
+class MeasurementFormatWarning(UserWarning):
+    """A measurement file was read with something set aside (unknown fields, unreadable files)."""
+
+
+class MeasurementFormatError(ValueError):
+    """A measurement file that cannot be turned into a :class:`Measurement` (damaged or foreign)."""
+
+
+class NewerFormatError(MeasurementFormatError):
+    """A measurement file written in a newer major format version than this reader knows."""
+
+
+def result_key(space: str, kind: str, last: str) -> str:
+    """The composite key of ``Measurement.curves`` (``last`` = pairs) and ``critical_lengths``
+    (``last`` = estimator): ``"<space>/<kind>/<last>"``."""
+    return f"{space}/{kind}/{last}"
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    """``(space, kind, pairs-or-estimator)`` of a composite key (inverse of :func:`result_key`)."""
+    parts = key.rsplit("/", 2)
+    if len(parts) != 3:
+        raise ValueError(f"expected a key '<space>/<kind>/<pairs or estimator>', got {key!r}")
+    return parts[0], parts[1], parts[2]
 
 
 @dataclass
@@ -46,6 +92,11 @@ class Measurement:
             the class matrix (when a super-class map is configured).
         metrics: the trainer's scalar ``callback_metrics`` at the time (e.g. the last ``val_loss``),
             for loss panels and overfitting onset in reports.
+        unknown_fields: fields of a loaded file that this version does not know (written by a newer
+            minor format version), kept aside and not written back by :meth:`to_dict`.
+
+    Prefer the typed accessors :meth:`summary`, :meth:`curve`, :meth:`critical_length` and
+    :attr:`spaces` to indexing the dicts with composite keys.
     """
 
     step: int
@@ -71,16 +122,48 @@ class Measurement:
     strategies: dict[str, str] = field(default_factory=dict)
     superclass: dict[str, SuperclassStats] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    unknown_fields: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_examples(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def spaces(self) -> list[str]:
+        """Distance spaces with curves or critical lengths (``input``, ``layer:<module>``), sorted."""
+        return sorted({split_key(k)[0] for k in (*self.curves, *self.critical_lengths)})
+
+    def summary(self, kind: str = "sign", pairs: str = "all") -> StiffnessSummary:
+        """Within/between/all means of ``kind`` (``sign``/``cos``) stiffness over ``pairs``
+        (``all`` or a split block such as ``train-val``): ``summaries[kind][pairs]``."""
+        per_kind = _lookup(self.summaries, kind, "kind")
+        return _lookup(per_kind, pairs, f"pairs of kind {kind!r}")
+
+    def curve(self, space: str = "input", kind: str = "sign", pairs: str = "within") -> BinnedCurve:
+        """Binned ``kind`` stiffness against distance in ``space`` over ``pairs``
+        (``within``/``between``/``all``)."""
+        return _lookup(self.curves, result_key(space, kind, pairs), "curve")
+
+    def critical_length(
+        self, space: str = "input", kind: str = "sign", estimator: str = "zero_crossing"
+    ) -> CriticalLength:
+        """ξ of ``kind`` stiffness in ``space`` by ``estimator`` (``zero_crossing``/``linear_fit``).
+        Its ``value`` is NaN unless ``status == "measured"``; see :class:`CriticalLength`."""
+        return _lookup(self.critical_lengths, result_key(space, kind, estimator), "critical length")
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain containers of tensors, numbers and strings (safe for ``weights_only`` loading)."""
-        out: dict[str, Any] = {}
+        """Plain containers of tensors, numbers and strings (safe for ``weights_only`` loading),
+        with ``format_version`` and ``writer``."""
+        from lightning_stiffness import __version__
+
+        out: dict[str, Any] = {
+            "format_version": f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}",
+            "writer": f"lightning-stiffness {__version__}",
+        }
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "unknown_fields":
+                continue
             if f.name == "summaries":
                 value = {k: {p: asdict(s) for p, s in v.items()} for k, v in value.items()}
             elif f.name in ("curves", "critical_lengths", "layers", "superclass"):
@@ -91,24 +174,157 @@ class Measurement:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        kwargs = dict(data)
+    def from_dict(cls, data: dict[str, Any], *, source: str = "measurement") -> Measurement:
+        """Read a dict written by :meth:`to_dict` of this or an older version (see
+        :func:`load_measurements` for what is tolerated); warns once with what was set aside."""
+        notes: list[str] = []
+        m = _from_dict(data, notes, source)
+        _warn_notes(notes, source)
+        return m
+
+
+def _lookup(mapping: dict[str, _T], key: str, what: str) -> _T:
+    if key not in mapping:
+        raise KeyError(f"no {what} {key!r}; available: {sorted(mapping) or 'none'}")
+    return mapping[key]
+
+
+def parse_format_version(data: dict[str, Any], source: str) -> tuple[int, int]:
+    """``(major, minor)`` of a loaded dict; files without one are :data:`LEGACY_FORMAT_VERSION`."""
+    raw = data.get("format_version")
+    if raw is None:
+        return LEGACY_FORMAT_VERSION
+    try:
+        major, minor = (int(part) for part in str(raw).split("."))
+    except ValueError:
+        raise MeasurementFormatError(f"{source}: format_version {raw!r} is not 'MAJOR.MINOR'") from None
+    if major > FORMAT_VERSION[0]:
+        from lightning_stiffness import __version__
+
+        raise NewerFormatError(
+            f"{source} was written in measurement format {major}.{minor} by {data.get('writer', 'a newer version')}; "
+            f"lightning-stiffness {__version__} reads formats up to {FORMAT_VERSION[0]}.x. "
+            "Upgrade: pip install -U lightning-stiffness"
+        )
+    return major, minor
+
+
+def _from_dict(data: Any, notes: list[str], source: str) -> Measurement:
+    """:class:`Measurement` of a loaded dict; set-aside fields are appended to ``notes``."""
+    if not isinstance(data, dict):
+        raise MeasurementFormatError(f"{source} holds a {type(data).__name__}, not a saved measurement")
+    version = parse_format_version(data, source)
+    values = {k: v for k, v in data.items() if k not in _METADATA_KEYS}
+    if version < (1, 0):
+        try:
+            values["critical_lengths"] = _legacy_critical_lengths(values.get("critical_lengths", {}), values)
+        except (AttributeError, TypeError, ValueError) as error:
+            raise MeasurementFormatError(f"{source}: malformed 0.1 critical lengths ({error})") from error
+    known = {f.name for f in fields(Measurement)} - {"unknown_fields"}
+    unknown = {k: v for k, v in values.items() if k not in known}
+    if unknown:
+        notes.append(f"fields {sorted(unknown)} (kept in Measurement.unknown_fields)")
+    kwargs = _required(Measurement, {k: v for k, v in values.items() if k in known}, source, "")
+    try:
         kwargs["split_names"] = tuple(kwargs["split_names"])
         kwargs["summaries"] = {
-            k: {p: StiffnessSummary(**s) for p, s in v.items()} for k, v in data["summaries"].items()
+            k: {p: _build(StiffnessSummary, s, notes, source, f"summaries.{k}") for p, s in v.items()}
+            for k, v in kwargs["summaries"].items()
         }
-        kwargs["curves"] = {k: BinnedCurve(**v) for k, v in data.get("curves", {}).items()}
-        kwargs["critical_lengths"] = {k: _critical_length(v) for k, v in data.get("critical_lengths", {}).items()}
-        kwargs["layers"] = {k: StiffnessSummary(**v) for k, v in data.get("layers", {}).items()}
-        kwargs["superclass"] = {k: SuperclassStats(**v) for k, v in data.get("superclass", {}).items()}
-        return cls(**kwargs)
+        nested: tuple[tuple[str, type], ...] = (
+            ("curves", BinnedCurve),
+            ("critical_lengths", CriticalLength),
+            ("layers", StiffnessSummary),
+            ("superclass", SuperclassStats),
+        )
+        for name, kind in nested:
+            if name in kwargs:
+                kwargs[name] = {k: _build(kind, v, notes, source, name) for k, v in kwargs[name].items()}
+    except (AttributeError, TypeError) as error:  # a field of the wrong type: not a measurement we wrote
+        raise MeasurementFormatError(f"{source}: malformed measurement ({error})") from error
+    return Measurement(**kwargs, unknown_fields=unknown)
 
 
-def _critical_length(data: dict[str, Any]) -> CriticalLength:
-    values = dict(data)
+def _required(cls: type, values: dict[str, Any], source: str, where: str) -> dict[str, Any]:
+    """``values`` after checking that every field of ``cls`` without a default is present."""
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.name not in values and f.default is MISSING and f.default_factory is MISSING  # type: ignore[misc]
+    ]
+    if missing:
+        raise MeasurementFormatError(
+            f"{source}: {where or cls.__name__} lacks {missing}; the file is damaged or not a saved measurement"
+        )
+    return dict(values)
+
+
+def _build(cls: Callable[..., _T], data: dict[str, Any], notes: list[str], source: str, where: str) -> _T:
+    """``cls(**data)`` for a dataclass, unknown keys dropped (noted), missing optional ones defaulted."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        notes.append(f"{where}: sub-fields {unknown} (dropped)")
+    values = _required(cls, {k: v for k, v in data.items() if k in names}, source, where)  # type: ignore[arg-type]
     if values.get("window") is not None:
         values["window"] = tuple(values["window"])
-    return CriticalLength(**values)
+    try:
+        return cls(**values)
+    except ValueError as error:
+        raise MeasurementFormatError(f"{source}: {where}: {error}") from error
+
+
+def _legacy_critical_lengths(stored: dict[str, dict[str, Any]], values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Format 0.1 critical lengths in format 1.0 (a status; ``value`` NaN unless measured).
+
+    0.1 stored a censored zero crossing as the upper edge of the last non-empty bin with
+    ``crossed=False``; it becomes ``censored`` with ``lower_bound`` that edge minus half a bin
+    (the bin count is read from a curve of the same space; NaN if there is none). A linear-fit
+    zero beyond the fit window (``crossed=False``, finite value) becomes ``extrapolated`` with
+    ``lower_bound`` the window's end. A NaN linear fit whose line does not decay but is positive at
+    the window's end becomes ``censored``. 0.1 ``crossed=True`` stays ``measured`` (0.1 did not
+    record the smallest fitted distance, so a linear-fit zero below it cannot be recognised).
+    """
+    bins = {}
+    for key, curve in values.get("curves", {}).items():
+        with contextlib.suppress(KeyError, TypeError, AttributeError, ValueError):
+            bins[split_key(key)[0]] = len(curve["centers"])
+    out = {}
+    for key, old in stored.items():
+        new = dict(old)
+        value, window = float(old.get("value", math.nan)), old.get("window")
+        high = float(window[1]) if window is not None else math.nan
+        status, bound, zero = MEASURED, math.nan, math.nan
+        if not old.get("crossed", False):
+            status, value = UNDEFINED, math.nan
+            old_value = float(old.get("value", math.nan))
+            space = split_key(key)[0] if key.count("/") >= 2 else ""
+            if old.get("method") == "zero_crossing" and math.isfinite(old_value):
+                status = CENSORED
+                if window is not None and space in bins:
+                    bound = old_value - (float(window[1]) - float(window[0])) / bins[space] / 2
+            elif old.get("method") == "linear_fit" and math.isfinite(old_value):
+                status, bound, zero = EXTRAPOLATED, high, old_value
+            elif old.get("method") == "linear_fit":
+                slope, intercept = float(old.get("slope", math.nan)), float(old.get("intercept", math.nan))
+                if slope >= 0 and intercept + slope * high > 0:
+                    status, bound = CENSORED, high
+        if status != MEASURED:
+            new["ci_low"] = new["ci_high"] = math.nan
+        new.update(value=value, status=status, lower_bound=bound, extrapolation=zero)
+        out[key] = new
+    return out
+
+
+def _warn_notes(notes: list[str], where: str) -> None:
+    if notes:
+        shown = "; ".join(dict.fromkeys(notes))
+        warnings.warn(
+            f"{where}: this version of lightning-stiffness does not know {shown}. "
+            "They were written by a newer version; upgrade to use them.",
+            MeasurementFormatWarning,
+            stacklevel=3,
+        )
 
 
 def measurement_filename(m: Measurement) -> str:
@@ -116,24 +332,63 @@ def measurement_filename(m: Measurement) -> str:
     return f"measurement-{m.step:09d}-{trigger}.pt"
 
 
+def atomic_write(target: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``target`` through a temporary file in its directory then :func:`os.replace`, so a
+    reader (or a crash) never sees a half-written file. ``write`` receives the open binary file."""
+    target = Path(target)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def write_text_atomic(target: str | Path, text: str) -> None:
+    """:func:`atomic_write` of UTF-8 text (e.g. ``run.json``)."""
+    atomic_write(target, lambda handle: handle.write(text.encode("utf-8")))
+
+
 def save_measurement(m: Measurement, directory: str | Path) -> Path:
-    """Write ``m`` under ``directory`` (created if needed); returns the file path."""
+    """Write ``m`` under ``directory`` (created if needed), atomically; returns the file path."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     target = path / measurement_filename(m)
-    torch.save(m.to_dict(), target)
+    data = m.to_dict()
+    atomic_write(target, lambda handle: torch.save(data, handle))
     return target
 
 
+def _read(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, empty file, foreign pickle: all "cannot be read"
+        raise MeasurementFormatError(f"{path} cannot be read ({type(error).__name__}: {error})") from error
+
+
 def load_measurement(path: str | Path) -> Measurement:
-    return Measurement.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    """One saved measurement; :class:`MeasurementFormatError` if it is unreadable or damaged,
+    :class:`NewerFormatError` if a newer major format version wrote it."""
+    return Measurement.from_dict(_read(Path(path)), source=str(path))
 
 
 def load_measurements(path: str | Path) -> list[Measurement]:
     """All measurements saved under ``path`` — a run's log dir, its ``stiffness`` folder, or a
     single file — oldest first (by step, then file name). Several runs under one folder are an
     error (their steps would interleave); load them one by one or with
-    :func:`lightning_stiffness.report.load_runs`."""
+    :func:`lightning_stiffness.report.load_runs`.
+
+    Tolerated, with one :class:`MeasurementFormatWarning` for the whole call: files that cannot be
+    read (truncated, corrupt, damaged) are skipped and named; fields written by a newer minor
+    format version are set aside in ``Measurement.unknown_fields``; files of format 0.1 (no
+    ``format_version``, lightning-stiffness 0.1.0) are converted. Refused: a newer major format
+    version (:class:`NewerFormatError`), and a folder where no file can be read.
+    """
     root = Path(path)
     if root.is_file():
         return [load_measurement(root)]
@@ -149,5 +404,24 @@ def load_measurements(path: str | Path) -> list[Measurement]:
     if len(folders) > 1:
         shown = ", ".join(folders[:3]) + (", …" if len(folders) > 3 else "")
         raise ValueError(f"{root} holds measurements of {len(folders)} runs ({shown}); pass one run's directory")
-    measurements = [load_measurement(f) for f in files]
+    measurements: list[Measurement] = []
+    skipped: list[str] = []
+    notes: list[str] = []
+    for file in files:
+        try:
+            measurements.append(_from_dict(_read(file), notes, file.name))
+        except NewerFormatError:
+            raise
+        except MeasurementFormatError as error:
+            skipped.append(f"{file.name} ({str(error).removeprefix(str(file)).removeprefix(file.name).strip()})")
+    if not measurements:
+        raise MeasurementFormatError(f"no measurement under {root} can be read: " + "; ".join(skipped))
+    if skipped:
+        warnings.warn(
+            f"{root}: skipped {len(skipped)} of {len(files)} measurement files that cannot be read: "
+            + "; ".join(skipped),
+            MeasurementFormatWarning,
+            stacklevel=2,
+        )
+    _warn_notes(notes, str(root))
     return sorted(measurements, key=lambda m: m.step)

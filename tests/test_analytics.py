@@ -457,20 +457,24 @@ def test_zero_crossing_interpolates_over_nonempty_bins() -> None:
     # ξ = .15 + .4/(.4 + .2)·(.35 - .15) = .15 + .2·2/3
     result = zero_crossing_length(curve_from([0.8, 0.4, nan, -0.2, -0.5], [3, 2, 0, 4, 1]))
     assert result.value == pytest.approx(0.15 + 0.2 * 2 / 3)
-    assert result.crossed and result.method == "zero_crossing"
+    assert result.crossed and result.status == "measured" and result.method == "zero_crossing"
+    assert math.isnan(result.lower_bound)
     assert result.window == (0.0, pytest.approx(0.5))
     assert math.isnan(result.slope) and math.isnan(result.ci_low)
 
 
 def test_zero_crossing_censored_first_bin_negative_and_empty() -> None:
     censored = zero_crossing_length(curve_from([0.5, 0.4, 0.3, nan, nan], [1, 1, 1, 0, 0]))
-    assert censored.value == pytest.approx(0.3) and not censored.crossed  # upper edge of the last non-empty bin
+    # never crosses: no ξ, only ξ > 0.25, the centre of the last non-empty bin (not its upper edge 0.3)
+    assert math.isnan(censored.value) and not censored.crossed and censored.status == "censored"
+    assert censored.lower_bound == pytest.approx(0.25) and censored.bound_or_value == pytest.approx(0.25)
     at_zero = zero_crossing_length(curve_from([0.5, 0.0], [2, 2]))
     assert at_zero.value == pytest.approx(0.15) and at_zero.crossed  # reaching exactly 0 counts
     first = zero_crossing_length(curve_from([nan, -0.1, 0.5], [0, 3, 2]))
     assert first.value == pytest.approx(0.15) and first.crossed  # first non-empty bin already ≤ 0 → its centre
     empty = zero_crossing_length(curve_from([nan, nan], [0, 0]))
-    assert math.isnan(empty.value) and not empty.crossed
+    assert math.isnan(empty.value) and not empty.crossed and empty.status == "undefined"
+    assert math.isnan(empty.lower_bound)
 
 
 def line_data(n: int, intercept: float, slope: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -484,7 +488,8 @@ def test_linear_fit_recovers_exact_line() -> None:
     s, d, labels = line_data(8, 1.0, -2.0)  # S = 1 - 2d → ξ = 0.5
     result = linear_fit_length(s, d, pair_mask(labels, "within"))
     assert result.value == pytest.approx(0.5)
-    assert result.crossed and result.method == "linear_fit"
+    assert result.crossed and result.status == "measured" and result.method == "linear_fit"
+    assert math.isnan(result.lower_bound) and math.isnan(result.extrapolation)
     assert result.slope == pytest.approx(-2.0) and result.intercept == pytest.approx(1.0)
     upper = torch.triu(torch.ones(8, 8, dtype=torch.bool), 1)
     assert result.window == (0.0, pytest.approx(float(d[upper].max())))
@@ -495,16 +500,29 @@ def test_linear_fit_window_and_no_decay() -> None:
     s = torch.where(d > 0.4, torch.full_like(s, 5.0), s)  # beyond the window the line is broken
     mask = pair_mask(labels, "within")
     windowed = linear_fit_length(s, d, mask, max_distance=0.4)
-    assert windowed.value == pytest.approx(0.5) and windowed.window == (0.0, 0.4)
-    assert not windowed.crossed, "the zero at 0.5 lies beyond the 0.4 window: extrapolated, not crossed"
+    upper = torch.triu(torch.ones(10, 10, dtype=torch.bool), 1)
+    fitted_max = float(d[upper & (d <= 0.4)].max())
+    # the zero at 0.5 lies beyond the fitted distances (≤ 0.4): extrapolated, never a plain ξ
+    assert math.isnan(windowed.value) and windowed.window == (0.0, 0.4) and not windowed.crossed
+    assert windowed.status == "extrapolated" and windowed.extrapolation == pytest.approx(0.5)
+    assert windowed.lower_bound == pytest.approx(fitted_max)
     shallow = linear_fit_length(*line_data(8, 1.0, -0.1)[:2], mask=pair_mask(torch.zeros(8), "all"))
-    assert shallow.value == pytest.approx(10.0) and not shallow.crossed  # zero far beyond d ≤ 1
+    assert math.isnan(shallow.value) and shallow.status == "extrapolated"  # zero at 10, far beyond d ≤ 1
+    assert shallow.extrapolation == pytest.approx(10.0) and shallow.lower_bound < 1
     rising = linear_fit_length(*line_data(8, 0.1, 1.0)[:2], mask=pair_mask(torch.zeros(8), "all"))
     assert math.isnan(rising.value) and not rising.crossed and rising.slope == pytest.approx(1.0)
+    assert rising.status == "censored" and rising.lower_bound < 1  # positive and rising: ξ beyond the data
+    flat_negative = linear_fit_length(*line_data(8, -0.5, 0.2)[:2], mask=pair_mask(torch.zeros(8), "all"))
+    assert flat_negative.status == "undefined" and math.isnan(flat_negative.lower_bound)  # never above zero
     negative = linear_fit_length(*line_data(8, -0.1, -1.0)[:2], mask=pair_mask(torch.zeros(8), "all"))
     assert math.isnan(negative.value) and not negative.crossed  # crossing at d = -0.1 < 0
+    assert negative.status == "undefined"
+    d_far = line_data(8, 0.0, 0.0)[1] * 0.5 + 0.6  # only distances in [0.6, 1.1] are seen
+    below = linear_fit_length(1 - 2 * d_far, d_far, pair_mask(torch.zeros(8), "all"))  # S = 1 - 2d: zero at 0.5
+    assert math.isnan(below.value) and below.status == "extrapolated"
+    assert below.extrapolation == pytest.approx(0.5) and math.isnan(below.lower_bound)
     constant_d = linear_fit_length(torch.eye(3), torch.ones(3, 3), pair_mask(torch.zeros(3), "all"))
-    assert math.isnan(constant_d.value) and math.isnan(constant_d.slope)
+    assert math.isnan(constant_d.value) and math.isnan(constant_d.slope) and constant_d.status == "undefined"
 
 
 def test_critical_length_dispatch_and_pair_kind() -> None:
@@ -549,19 +567,20 @@ def test_bootstrap_equals_explicit_resampled_matrices(method: str) -> None:
     s, d, labels = noisy_decay(25)
     point = critical_length(s, d, labels, method=method, bins=6, max_distance=0.8)
     draws = torch.randint(0, 25, (30, 25), generator=torch.Generator().manual_seed(5))
-    values = []
+    values = []  # each resample's ξ: its value if measured, +inf if beyond its data, else dropped
     for index in draws:
         sub_s, sub_d = s[index][:, index], d[index][:, index]
         mask = pair_mask(labels[index], "within") & (index[:, None] != index[None, :])  # no two copies of one example
         if method == "linear_fit":
-            values.append(linear_fit_length(sub_s, sub_d, mask, max_distance=0.8).value)
+            xi = linear_fit_length(sub_s, sub_d, mask, max_distance=0.8)
         else:
             assert point.window is not None
-            values.append(
-                zero_crossing_length(binned_curve(sub_s, sub_d, mask, bins=6, value_range=point.window)).value
-            )
-    finite = torch.tensor([v for v in values if math.isfinite(v)], dtype=torch.float64)
-    expected = torch.quantile(finite, torch.tensor([0.1, 0.9], dtype=torch.float64)).tolist()
+            xi = zero_crossing_length(binned_curve(sub_s, sub_d, mask, bins=6, value_range=point.window))
+        values.append(xi.value if xi.crossed else (math.inf if math.isfinite(xi.lower_bound) else nan))
+    kept = sorted(v for v in values if not math.isnan(v))
+    assert point.crossed and math.isfinite(kept[int(0.9 * (len(kept) - 1)) + 1])
+    qs = torch.tensor([0.1, 0.9], dtype=torch.float64)
+    expected = torch.quantile(torch.tensor(kept, dtype=torch.float64), qs).tolist()
     result = critical_length(
         s, d, labels, method=method, bins=6, max_distance=0.8, bootstrap=30, seed=5, confidence=0.8
     )
@@ -618,3 +637,26 @@ def test_superclass_stats_planted_structure_vs_none() -> None:
     assert stats.p_value == pytest.approx(1 / 501)  # no permutation reaches the planted partition's difference
     unstructured = superclass_stats(noise * 20, coarse, permutations=500)
     assert unstructured.p_value > 0.05
+
+
+def test_bootstrap_quantiles_with_resamples_beyond_the_data() -> None:
+    from lightning_stiffness.analytics.critical_length import _quantiles
+
+    finite = torch.tensor([0.3, 0.1, 0.4, 0.2], dtype=torch.float64)
+    qs = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
+    assert _quantiles(finite, qs.tolist()) == pytest.approx(torch.quantile(finite, qs).tolist())
+    # two of five resamples never cross (ξ beyond their data, +inf): the upper end is unbounded, not NaN
+    censored = torch.tensor([0.1, math.inf, 0.2, math.inf, 0.3], dtype=torch.float64)
+    low, mid, high = _quantiles(censored, [0.1, 0.5, 0.9])
+    assert low == pytest.approx(0.14) and mid == pytest.approx(0.3) and high == math.inf
+
+
+def test_critical_length_of_a_curve_that_never_crosses_is_not_a_number() -> None:
+    """The demo's failure: stiffness positive at every distance gave ξ = the upper bin edge."""
+    s, d, labels = line_data(12, 1.0, -0.2)  # S ≥ 0.8 on d ∈ [0, 1]
+    for method in ("zero_crossing", "linear_fit"):
+        xi = critical_length(s, d, labels, method=method, bins=10, bootstrap=20)
+        assert math.isnan(xi.value) and not xi.crossed, method
+        assert xi.status == ("censored" if method == "zero_crossing" else "extrapolated"), method
+        assert 0 < xi.lower_bound <= float(d.max()), method
+        assert math.isnan(xi.ci_low) and math.isnan(xi.ci_high), method

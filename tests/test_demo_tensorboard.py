@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -56,6 +57,31 @@ def test_event_reader_sees_stiffness_tags(demo_run: tuple[Path, object]) -> None
         tags["images"]
     )
     assert "stiffness/offdiagonal_cos" in tags["histograms"]
+
+
+def test_logged_xi_is_a_measured_distance(demo_run: tuple[Path, object]) -> None:
+    """ξ is logged only where the stiffness crosses zero within the data; a censored bin edge or a
+    line's zero far outside the distances (the demo once logged 1.5 at every step, and 209) is not ξ."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, cb = demo_run
+    acc = EventAccumulator(str(next(out.rglob("events.out.tfevents.*")).parent), size_guidance={"scalars": 0})
+    acc.Reload()
+    logged = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+    by_step = {m.step: m for m in cb.measurements}  # type: ignore[attr-defined]
+    checked = 0
+    for step, m in by_step.items():
+        for key, xi in m.critical_lengths.items():
+            value = logged.get(f"stiffness/critical_length/{key}", {}).get(step)
+            bound = logged.get(f"stiffness/critical_length_lower_bound/{key}", {}).get(step)
+            if xi.crossed:
+                assert value is not None and bound is None and 0 <= value <= 2, (key, step)
+                assert value == pytest.approx(xi.value, rel=1e-6)
+            else:
+                assert value is None, f"{key} at step {step} is {xi.status} but was logged as ξ"
+                assert (bound is not None) == math.isfinite(xi.lower_bound), (key, step)
+            checked += 1
+    assert checked >= 4 * len(by_step)  # input space: sign and cos, two estimators
 
 
 def _free_port() -> int:

@@ -4,6 +4,11 @@ Two estimators of the distance at which stiffness decays to zero: (B) the first 
 of the binned mean curve (v1 "stiff domain size", Fig. 9-10) and (A) the zero of a
 least-squares line through the pairs (v3 "dynamical critical length"), with bootstrap
 confidence intervals over probe examples.
+
+An estimate is a number only when the data show the crossing (status ``measured``). A curve that
+stays positive over the observed distances gives ``censored`` (ξ is larger than
+``lower_bound``), a fitted line whose zero lies outside the observed distances gives
+``extrapolated``; both keep ``value`` NaN so that no logger or table shows them as ξ.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ from torch import Tensor
 from lightning_stiffness.analytics.stiffness import accumulation_dtype, as_float, pair_mask, square_matrix
 
 METHODS = ("zero_crossing", "linear_fit")
+
+#: ``CriticalLength.status`` values.
+MEASURED = "measured"
+CENSORED = "censored"
+EXTRAPOLATED = "extrapolated"
+UNDEFINED = "undefined"
+STATUSES = (MEASURED, CENSORED, EXTRAPOLATED, UNDEFINED)
 
 #: Elements of the ``(resamples, pairs)`` weight matrix built at once.
 _CHUNK_ELEMENTS = 2**22
@@ -48,13 +60,24 @@ class CriticalLength:
     """A critical-length estimate and how it was obtained.
 
     Attributes:
-        value: ξ, a distance (NaN when undefined).
-        crossed: True when the stiffness was found to reach zero; False for a censored zero
-            crossing (``value`` is then the largest distance seen), "no decay" of the linear fit, or no data.
+        value: ξ, a distance; finite only when ``status`` is ``measured`` (NaN otherwise).
+        crossed: ``status == "measured"``.
         method: ``"zero_crossing"`` (estimator B, v1) or ``"linear_fit"`` (estimator A, v3).
-        ci_low, ci_high: bootstrap confidence interval (NaN when no bootstrap ran).
+        ci_low, ci_high: bootstrap confidence interval (NaN when no bootstrap ran or ``value``
+            is NaN). Resamples without a crossing inside their data count as ``+inf`` (ξ beyond the
+            data), so ``ci_high`` may be ``inf``.
         window: the distance range the estimate used (binning range, or fit window), None without data.
         slope, intercept: the fitted line ``S = intercept + slope · d`` (NaN for the zero crossing).
+        status: ``measured`` (the data cross zero: ``value`` is ξ), ``censored`` (stiffness stays
+            above zero over the observed distances: ξ > ``lower_bound``), ``extrapolated`` (the
+            fitted line's zero, ``extrapolation``, lies outside the observed distances) or
+            ``undefined`` (no data, a single distance, or stiffness never above zero / a line that
+            does not decay).
+        lower_bound: for ``censored``, and ``extrapolated`` beyond the data, the distance the
+            estimate exceeds: the centre of the last non-empty bin (zero crossing) or the largest
+            fitted distance (linear fit); NaN otherwise.
+        extrapolation: the linear fit's zero ``−a/b`` when ``extrapolated`` (NaN otherwise): a
+            property of the line, not a measured distance.
     """
 
     value: float
@@ -65,6 +88,29 @@ class CriticalLength:
     window: tuple[float, float] | None
     slope: float
     intercept: float
+    status: str = ""
+    lower_bound: float = math.nan
+    extrapolation: float = math.nan
+
+    def __post_init__(self) -> None:
+        status = self.status or (
+            MEASURED if self.crossed else (CENSORED if math.isfinite(self.lower_bound) else UNDEFINED)
+        )
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.crossed != (status == MEASURED):
+            raise ValueError(f"crossed={self.crossed} contradicts status {status!r}")
+        if status != MEASURED and not math.isnan(self.value):
+            raise ValueError(
+                f"a {status} critical length has value NaN (got {self.value}); put the bound in lower_bound "
+                "or the line's zero in extrapolation"
+            )
+        object.__setattr__(self, "status", status)
+
+    @property
+    def bound_or_value(self) -> float:
+        """``value`` when measured, else ``lower_bound`` (for a figure that marks it "≥")."""
+        return self.value if self.status == MEASURED else self.lower_bound
 
 
 def binned_curve(
@@ -127,16 +173,19 @@ def zero_crossing_length(curve: BinnedCurve) -> CriticalLength:
     mean curve, walking from distance 0 upward (paper.md §1.7).
 
     Over the non-empty bins: the first place the mean goes from ``> 0`` to ``≤ 0``, linearly
-    interpolated between the two bin centres. If the first non-empty bin is already ``≤ 0`` the
-    value is its centre (crossed). Without a crossing the value is censored at the upper edge of
-    the last non-empty bin and ``crossed`` is False; without data it is NaN.
+    interpolated between the two bin centres (``measured``). If the first non-empty bin is
+    already ``≤ 0`` the value is its centre (``measured``: stiffness is 1 at distance 0). Without
+    a crossing the estimate is ``censored``: value NaN, ``lower_bound`` the centre of the last
+    non-empty bin (the interpolated crossing would lie beyond it). Without data: ``undefined``.
     """
     edges = curve.edges.detach().cpu().tolist()
-    value, crossed = _first_zero_crossing(
-        curve.centers.detach().cpu().tolist(), curve.mean.detach().cpu().tolist(), curve.count > 0, edges[1:]
+    value, status, bound = _first_zero_crossing(
+        curve.centers.detach().cpu().tolist(), curve.mean.detach().cpu().tolist(), curve.count > 0
     )
     window = (float(edges[0]), float(edges[-1]))
-    return CriticalLength(value, crossed, "zero_crossing", math.nan, math.nan, window, math.nan, math.nan)
+    return CriticalLength(
+        value, status == MEASURED, "zero_crossing", math.nan, math.nan, window, math.nan, math.nan, status, bound
+    )
 
 
 def linear_fit_length(
@@ -146,10 +195,12 @@ def linear_fit_length(
     ``S = a + b·d`` through the selected pairs (upper triangle ``i < j``), ``ξ = −a/b``
     (paper.md §1.7).
 
-    ξ is defined when ``b < 0`` and the crossing lies at ``d ≥ 0``; otherwise the value is NaN
-    ("no decay"). ``crossed`` is True only when the crossing also lies inside the fit window; a
-    zero beyond the largest fitted distance keeps its (extrapolated) value with ``crossed=False``.
-    Fewer than two pairs, or a single distinct distance, gives NaN slope and intercept.
+    The status follows where the line's zero lies relative to the fitted distances
+    ``[d_min, d_max]``: ``measured`` inside (value ξ); ``extrapolated`` outside (value NaN, the
+    zero in ``extrapolation``, and ``lower_bound = d_max`` when it lies beyond); ``censored`` when
+    the line does not decay (``b ≥ 0``) but is positive at ``d_max`` (``lower_bound = d_max``);
+    ``undefined`` when the line is never positive at ``d ≥ 0``, or with fewer than two pairs or
+    a single distinct distance (NaN slope and intercept).
 
     Args:
         max_distance: fit only pairs with ``d ≤ max_distance``; the window is ``(0, max_distance)``,
@@ -163,10 +214,11 @@ def linear_fit_length(
     window = (0.0, high) if high is not None else None
     weights = torch.ones(1, values.shape[0], dtype=accumulation_dtype(values.device), device=values.device)
     slope, intercept = (float(t) for t in _weighted_lines(weights, dists, values))
-    value, crossed = _line_zero(slope, intercept)
-    if crossed and high is not None and value > high:
-        crossed = False  # extrapolated beyond the distances the line was fitted to
-    return CriticalLength(value, crossed, "linear_fit", math.nan, math.nan, window, slope, intercept)
+    observed = (float(dists.min()), float(dists.max())) if dists.numel() else (math.nan, math.nan)
+    value, status, bound, zero = _line_zero(slope, intercept, *observed)
+    return CriticalLength(
+        value, status == MEASURED, "linear_fit", math.nan, math.nan, window, slope, intercept, status, bound, zero
+    )
 
 
 def critical_length(
@@ -200,8 +252,10 @@ def critical_length(
             pair ``a < b`` enters with multiplicity ``count(a) · count(b)``. The zero-crossing
             resamples use the binning range of the point estimate.
         seed: seed of the generator.
-        confidence: coverage of the interval ``[q_{(1−c)/2}, q_{(1+c)/2}]`` of the finite bootstrap
-            values (NaN if there are none).
+        confidence: coverage of the interval ``[q_{(1−c)/2}, q_{(1+c)/2}]`` of the bootstrap values:
+            a resample's ξ when measured, ``+inf`` when its ξ lies beyond its data (censored, or
+            extrapolated past the largest distance), dropped otherwise. NaN when the point estimate
+            is not measured or every resample was dropped.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -233,12 +287,25 @@ def critical_length(
         samples = _bootstrap_linear_fit(multiplicity, rows, cols, values, dists, max_distance)
     else:
         samples = _bootstrap_zero_crossing(multiplicity, rows, cols, values, dists, bins, estimate.window)
-    finite = samples[torch.isfinite(samples)]
-    if finite.numel() == 0:
+    known = samples[~torch.isnan(samples)]
+    if known.numel() == 0 or estimate.status != MEASURED:
         return estimate
-    quantiles = torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=torch.float64)
-    low, high = torch.quantile(finite, quantiles).tolist()
-    return replace(estimate, ci_low=float(low), ci_high=float(high))
+    low, high = _quantiles(known, ((1 - confidence) / 2, (1 + confidence) / 2))
+    return replace(estimate, ci_low=low, ci_high=high)
+
+
+def _quantiles(samples: Tensor, qs: Sequence[float]) -> list[float]:
+    """Linear-interpolation quantiles (as :func:`torch.quantile`) of samples that may hold ``+inf``:
+    a quantile that interpolates towards ``+inf`` is ``+inf`` (torch gives NaN)."""
+    ordered = samples.to(torch.float64).sort().values.tolist()
+    out = []
+    for q in qs:
+        position = q * (len(ordered) - 1)
+        low, high = math.floor(position), math.ceil(position)
+        a, b = ordered[low], ordered[high]
+        weight = position - low
+        out.append(a if weight == 0 or a == b else a + weight * (b - a))
+    return out
 
 
 def _resample_counts(n: int, bootstrap: int, seed: int) -> Tensor:
@@ -265,8 +332,21 @@ def _bootstrap_linear_fit(
     samples = []
     for weights in _pair_chunks(multiplicity, rows, cols):
         slopes, intercepts = _weighted_lines(weights, dists, values)
-        samples += [_line_zero(b, a)[0] for b, a in zip(slopes.tolist(), intercepts.tolist())]
+        used = weights > 0
+        d = dists.to(weights.dtype)[None, :]
+        d_min = torch.where(used, d, math.inf).amin(dim=1).tolist()
+        d_max = torch.where(used, d, -math.inf).amax(dim=1).tolist()
+        for b, a, low, high in zip(slopes.tolist(), intercepts.tolist(), d_min, d_max):
+            samples.append(_sample_value(*_line_zero(b, a, low, high)[:3]))
     return torch.tensor(samples, dtype=torch.float64)
+
+
+def _sample_value(value: float, status: str, bound: float) -> float:
+    """A bootstrap resample's ξ: its value when measured, ``+inf`` when ξ lies beyond its data
+    (a finite lower bound), NaN (dropped) otherwise."""
+    if status == MEASURED:
+        return value
+    return math.inf if math.isfinite(bound) else math.nan
 
 
 def _bootstrap_zero_crossing(
@@ -284,7 +364,6 @@ def _bootstrap_zero_crossing(
     rows, cols, values, dists = rows[inside], cols[inside], values[inside], dists[inside]
     index = torch.bucketize(dists, edges[1:-1], right=True)
     centers = ((edges[:-1] + edges[1:]) / 2).tolist()
-    upper_edges = edges[1:].tolist()
     samples = []
     for weights in _pair_chunks(multiplicity, rows, cols):
         totals = torch.zeros(weights.shape[0], bins, dtype=weights.dtype, device=weights.device)
@@ -292,24 +371,24 @@ def _bootstrap_zero_crossing(
         sums = totals.index_add(1, index, weights * values.to(weights.dtype))
         means = (sums / counts.clamp_min(1)).tolist()
         for row_means, row_nonempty in zip(means, (counts > 0).tolist()):
-            samples.append(_first_zero_crossing(centers, row_means, row_nonempty, upper_edges)[0])
+            samples.append(_sample_value(*_first_zero_crossing(centers, row_means, row_nonempty)))
     return torch.tensor(samples, dtype=torch.float64)
 
 
 def _first_zero_crossing(
-    centers: Sequence[float], means: Sequence[float], nonempty: Sequence[bool] | Tensor, upper_edges: Sequence[float]
-) -> tuple[float, bool]:
-    """``(value, crossed)`` of estimator (B) over the bins flagged ``nonempty``."""
+    centers: Sequence[float], means: Sequence[float], nonempty: Sequence[bool] | Tensor
+) -> tuple[float, str, float]:
+    """``(value, status, lower_bound)`` of estimator (B) over the bins flagged ``nonempty``."""
     flags = nonempty.tolist() if isinstance(nonempty, Tensor) else nonempty
-    points = [(c, m, e) for c, m, e, f in zip(centers, means, upper_edges, flags) if f and math.isfinite(m)]
+    points = [(c, m) for c, m, f in zip(centers, means, flags) if f and math.isfinite(m)]
     if not points:
-        return math.nan, False
+        return math.nan, UNDEFINED, math.nan
     if points[0][1] <= 0:
-        return float(points[0][0]), True
-    for (center_prev, mean_prev, _), (center, mean, _) in itertools.pairwise(points):
+        return float(points[0][0]), MEASURED, math.nan
+    for (center_prev, mean_prev), (center, mean) in itertools.pairwise(points):
         if mean <= 0:
-            return center_prev + mean_prev / (mean_prev - mean) * (center - center_prev), True
-    return float(points[-1][2]), False
+            return center_prev + mean_prev / (mean_prev - mean) * (center - center_prev), MEASURED, math.nan
+    return math.nan, CENSORED, float(points[-1][0])
 
 
 def _weighted_lines(weights: Tensor, dists: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
@@ -329,11 +408,23 @@ def _weighted_lines(weights: Tensor, dists: Tensor, values: Tensor) -> tuple[Ten
     return slopes, intercepts
 
 
-def _line_zero(slope: float, intercept: float) -> tuple[float, bool]:
-    """``(ξ, crossed)`` of the line ``S = intercept + slope·d``: ``ξ = −a/b`` if ``b < 0`` and ``ξ ≥ 0``."""
-    if slope < 0 and -intercept / slope >= 0:
-        return -intercept / slope, True
-    return math.nan, False
+def _line_zero(slope: float, intercept: float, d_min: float, d_max: float) -> tuple[float, str, float, float]:
+    """``(value, status, lower_bound, extrapolation)`` of the line ``S = intercept + slope·d``
+    fitted to distances in ``[d_min, d_max]`` (see :func:`linear_fit_length`)."""
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        return math.nan, UNDEFINED, math.nan, math.nan
+    if slope >= 0:
+        if intercept + slope * d_max > 0:
+            return math.nan, CENSORED, d_max, math.nan
+        return math.nan, UNDEFINED, math.nan, math.nan
+    zero = -intercept / slope
+    if zero < 0:
+        return math.nan, UNDEFINED, math.nan, math.nan  # the line is below zero at every d ≥ 0
+    if zero > d_max:
+        return math.nan, EXTRAPOLATED, d_max, zero
+    if zero < d_min:
+        return math.nan, EXTRAPOLATED, math.nan, zero
+    return zero, MEASURED, math.nan, math.nan
 
 
 def _pair_indices(stiffness: Tensor, distances: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from lightning_stiffness.analytics import CriticalLength
 from lightning_stiffness.report.plots import at_epoch_end, at_loss_threshold, loss_thresholds, overfitting_onset
 from lightning_stiffness.report.runs import Run
 
@@ -210,11 +211,19 @@ def distance_decay(runs: Sequence[Run]) -> ClaimResult:
         if xi is None or not math.isfinite(xi.slope):
             continue
         ok.append(xi.slope < 0)
-        parts.append(
-            f"{r.name} step {last.step}: slope {_fmt(xi.slope)}, ξ {xi.value:.3f}"
-            + ("" if xi.crossed else " (no crossing)")
-        )
+        parts.append(f"{r.name} step {last.step}: slope {_fmt(xi.slope)}, {_xi_text(xi)}")
     return _result(8, claim, "v1 Fig. 9; v3", ok, parts, "no input-distance measurements")
+
+
+def _xi_text(xi: CriticalLength) -> str:
+    """ξ as evidence: the number only when measured, otherwise the bound and why."""
+    if xi.crossed:
+        return f"ξ {xi.value:.3f}"
+    if xi.status == "extrapolated":
+        return f"no ξ (the line's zero {_fmt(xi.extrapolation)} lies outside the observed distances)"
+    if math.isfinite(xi.lower_bound):
+        return f"ξ ≥ {xi.lower_bound:.3f} (no crossing, {xi.status})"
+    return f"no ξ ({xi.status})"
 
 
 def deeper_layers_smaller_domains(runs: Sequence[Run]) -> ClaimResult:

@@ -10,7 +10,7 @@ import torch
 
 from lightning_stiffness.analytics import reorder_by_superclass
 from lightning_stiffness.figures import distance_figure, new_figure
-from lightning_stiffness.measurement import Measurement
+from lightning_stiffness.measurement import Measurement, result_key
 from lightning_stiffness.report.runs import Run
 
 KIND_TITLES = {"sign": "E[sign(g₁·g₂)]", "cos": "E[cos(g₁, g₂)]"}
@@ -117,7 +117,7 @@ def distance_by_space_figure(run: Run, kind: str = "sign", pairs: str = "all") -
     """v1 Fig. 9: stiffness vs distance at the last measurement, one curve per space
     (input and each representation layer)."""
     m = run.measurements[-1]
-    curves = {key.split("/")[0]: c for key, c in m.curves.items() if key.endswith(f"/{kind}/{pairs}")}
+    curves = {space: m.curve(space, kind, pairs) for space in m.spaces if result_key(space, kind, pairs) in m.curves}
     return distance_figure(
         curves,
         None,
@@ -205,35 +205,39 @@ def lr_critical_length_figure(
     runs: Sequence[Run], threshold: float, kind: str = "sign", estimator: str = "zero_crossing"
 ) -> Any:
     """v1 Fig. 10: critical length ξ vs learning rate per space (input, layers) at one
-    training loss; censored values (no crossing) drawn hollow."""
+    training loss. Where the data show no crossing (censored or extrapolated ξ) the point is the
+    lower bound, drawn as a hollow upward triangle ("ξ ≥")."""
     fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    spaces = sorted({k.split("/")[0] for r in runs for m in r.measurements for k in m.critical_lengths})
+    spaces = sorted({space for r in runs for m in r.measurements for space in m.spaces})
     for space in spaces:
         pts = []
         for r in runs:
             m = at_loss_threshold(r, threshold)
-            xi = m.critical_lengths.get(f"{space}/{kind}/{estimator}") if m else None
-            if r.lr is not None and xi is not None and math.isfinite(xi.value):
-                pts.append((r.lr, xi.value, xi.crossed))
+            xi = m.critical_lengths.get(result_key(space, kind, estimator)) if m else None
+            if r.lr is not None and xi is not None and math.isfinite(xi.bound_or_value) and xi.bound_or_value > 0:
+                pts.append((r.lr, xi.bound_or_value, xi.crossed))
         if pts:
             pts.sort()
-            (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=space)
-            hollow = [p for p in pts if not p[2]]
-            if hollow:
+            measured = [p for p in pts if p[2]]
+            (line,) = ax.plot([p[0] for p in measured], [p[1] for p in measured], marker="o", label=space)
+            bounds = [p for p in pts if not p[2]]
+            if bounds:
                 ax.scatter(
-                    [p[0] for p in hollow],
-                    [p[1] for p in hollow],
+                    [p[0] for p in bounds],
+                    [p[1] for p in bounds],
+                    marker="^",
                     facecolors="white",
                     edgecolors=line.get_color(),
                     zorder=3,
+                    label=f"{space}: ξ ≥ (no crossing)",
                 )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"critical length ξ ({estimator})")
-    ax.set_title(f"ξ at training loss {threshold:g} (hollow: no crossing, censored)", fontsize=9)
-    if ax.lines:
+    ax.set_title(f"ξ at training loss {threshold:g} (hollow ▵: no crossing, ξ ≥ the value drawn)", fontsize=9)
+    if ax.lines or ax.collections:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

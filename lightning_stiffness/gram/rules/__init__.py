@@ -1,6 +1,14 @@
 """Layer rules for the kernel engine; importing this package registers all of them."""
 
-from lightning_stiffness.gram.rules import conv, embedding, hf_conv1d, hf_rms_norm, linear, norm  # noqa: F401  (registration)
+from lightning_stiffness.gram.rules import (  # noqa: F401  (registration)
+    conv,
+    embedding,
+    hf_conv1d,
+    hf_rms_norm,
+    hf_scaled_embedding,
+    linear,
+    norm,
+)
 from lightning_stiffness.gram.rules.base import (
     LayerRule,
     PerExampleGrad,

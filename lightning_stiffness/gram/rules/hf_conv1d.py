@@ -13,21 +13,16 @@ from torch import Tensor, nn
 
 from lightning_stiffness.gram.factors import DenseFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule_by_name
+from lightning_stiffness.gram.rules.probe import forward_without_hooks, matches
 
 
 def _computes_x_w_plus_b(module: nn.Module, weight: Tensor) -> bool:
     """Probe the forward on a small input: ``y = x W + c`` (``c = 0`` without a bias)."""
-    width = weight.shape[0]
-    x = torch.linspace(-1.0, 1.0, 3 * width, dtype=weight.dtype, device=weight.device).reshape(1, 3, width)
+    x = torch.linspace(-1.0, 1.0, 3 * weight.shape[0], dtype=weight.dtype, device=weight.device).reshape(1, 3, -1)
     bias = getattr(module, "bias", None)
-    try:
-        with torch.no_grad():
-            y = module(x)
-            expected = x @ weight + (bias if isinstance(bias, Tensor) else 0)
-    except (RuntimeError, TypeError, ValueError):
-        return False
-    tol = 64 * torch.finfo(weight.dtype).eps
-    return y.shape == expected.shape and bool(torch.allclose(y, expected, rtol=tol, atol=tol))
+    with torch.no_grad():
+        expected = x @ weight + (bias if isinstance(bias, Tensor) else 0)
+    return matches(forward_without_hooks(module, x), expected)
 
 
 @register_rule_by_name("transformers.pytorch_utils.Conv1D")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule_by_name
+from lightning_stiffness.gram.rules.probe import forward_without_hooks, matches
 
 #: ``y = w ⊙ x̂`` with ``ε`` in ``variance_epsilon`` (the Llama form and T5's ``T5LayerNorm``).
 SCALE_CLASSES = (
@@ -59,18 +59,13 @@ def _epsilon(module: nn.Module) -> float | None:
 def _scales_by_normalized_input(module: nn.Module, weight: Tensor, eps: float) -> bool:
     """Probe the forward: ``y(w + δ) − y(w) = δ ⊙ x̂``, i.e. ``∂y/∂w = x̂`` (``y`` affine in ``w``)."""
     width = weight.shape[0]
-    kw = {"dtype": weight.dtype, "device": weight.device}
-    x = torch.linspace(-2.0, 3.0, 2 * width, **kw).reshape(2, width)
-    delta = torch.linspace(0.5, 1.5, width, **kw)
-    try:
-        with torch.no_grad():
-            y0 = functional_call(module, {"weight": weight.detach()}, (x,))
-            y1 = functional_call(module, {"weight": weight.detach() + delta}, (x,))
-    except (RuntimeError, TypeError, ValueError):
+    x = torch.linspace(-2.0, 3.0, 2 * width, dtype=weight.dtype, device=weight.device).reshape(2, width)
+    delta = torch.linspace(0.5, 1.5, width, dtype=weight.dtype, device=weight.device)
+    y0 = forward_without_hooks(module, x, {"weight": weight.detach()})
+    y1 = forward_without_hooks(module, x, {"weight": weight.detach() + delta})
+    if y0 is None or y1 is None:
         return False
-    expected = delta * rms_normalize(x.float(), eps).to(weight.dtype)
-    tol = 64 * torch.finfo(weight.dtype).eps
-    return y0.shape == x.shape and bool(torch.allclose(y1 - y0, expected, rtol=tol, atol=tol))
+    return matches(y1 - y0, delta * rms_normalize(x.float(), eps).to(weight.dtype))
 
 
 @register_rule_by_name(*SCALE_CLASSES, *OFFSET_SCALE_CLASSES)

@@ -191,6 +191,23 @@ def gpt2(padding: str = "right", attn: str | None = None) -> Case:
     )
 
 
+def gpt2_lm(padding: str = "right") -> Case:
+    """GPT-2 language model (``lm_head`` tied to the token embedding), per-token targets; padded
+    positions carry the target -100, which cross-entropy ignores."""
+    import transformers
+
+    torch.manual_seed(19)
+    cfg = transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=32, initializer_range=INIT, pad_token_id=0
+    )
+    model = transformers.GPT2LMHeadModel(cfg)
+    inputs = _text_inputs(padding, 19)
+    targets = torch.roll(inputs["input_ids"], -1, dims=1)
+    if "attention_mask" in inputs:
+        targets = targets.masked_fill(torch.roll(inputs["attention_mask"], -1, dims=1) == 0, -100)
+    return LibraryCase(f"gpt2-lm/{padding}", model, inputs, targets, token_loss)
+
+
 def llama(padding: str = "left") -> Case:
     return _hf_classifier(f"llama/{padding}", "LlamaConfig", "LlamaForSequenceClassification", padding, 13, **_DECODER)
 
@@ -230,8 +247,12 @@ def token_loss(outputs: Any, targets: Tensor) -> Tensor:
     return F.cross_entropy(outputs.logits.transpose(1, 2), targets, reduction="none").sum(dim=1)
 
 
-def _hf_seq2seq(name: str, config_cls: str, model_cls: str, padding: str, seed: int, **config: Any) -> Case:
-    """A seq2seq LM: padded encoder input, decoder inputs given, per-token targets summed per example."""
+def _hf_seq2seq(
+    name: str, config_cls: str, model_cls: str, padding: str, seed: int, decoder_mask: bool = False, **config: Any
+) -> Case:
+    """A seq2seq LM: padded encoder input, decoder inputs given (left-padded with their own mask when
+    ``decoder_mask``: with right padding a causal decoder would never look at the pads), per-token
+    targets summed per example."""
     import transformers
 
     torch.manual_seed(seed)
@@ -242,7 +263,14 @@ def _hf_seq2seq(name: str, config_cls: str, model_cls: str, padding: str, seed: 
     g = torch.Generator().manual_seed(seed + 1)
     decoder_ids = torch.randint(3, VOCAB, (N, 5), generator=g)
     targets = torch.randint(3, VOCAB, (N, 5), generator=g)
-    return LibraryCase(name, model, {**inputs, "decoder_input_ids": decoder_ids}, targets, token_loss)
+    inputs = {**inputs, "decoder_input_ids": decoder_ids}
+    if decoder_mask:
+        dmask = torch.ones_like(decoder_ids)
+        dmask[0, :2] = 0
+        dmask[2, :1] = 0
+        inputs["decoder_attention_mask"] = dmask
+        targets = targets.masked_fill(dmask == 0, -100)
+    return LibraryCase(name, model, inputs, targets, token_loss)
 
 
 def _scale_init(model: nn.Module) -> None:
@@ -272,13 +300,14 @@ def t5(padding: str = "right") -> Case:
     )
 
 
-def bart(padding: str = "left") -> Case:
+def bart(padding: str = "left", decoder_mask: bool = False) -> Case:
     return _hf_seq2seq(
-        f"bart/{padding}",
+        f"bart/{padding}" + ("+decoder-mask" if decoder_mask else ""),
         "BartConfig",
         "BartForConditionalGeneration",
         padding,
         18,
+        decoder_mask,
         vocab_size=VOCAB,
         d_model=16,
         encoder_layers=1,
@@ -307,6 +336,7 @@ HUGGING_FACE: dict[str, Callable[[], Case]] = {
     "gpt2/none": lambda: gpt2("none"),
     "gpt2/right": lambda: gpt2("right"),
     "gpt2/left/eager": lambda: gpt2("left", "eager"),
+    "gpt2-lm/right": lambda: gpt2_lm("right"),
     "llama/left": lambda: llama("left"),
     "llama/none": lambda: llama("none"),
     "qwen2/right": lambda: qwen2("right"),
@@ -315,6 +345,7 @@ HUGGING_FACE: dict[str, Callable[[], Case]] = {
     "t5/right": lambda: t5("right"),
     "bart/left": lambda: bart("left"),
     "bart/none": lambda: bart("none"),
+    "bart/right+decoder-mask": lambda: bart("right", decoder_mask=True),
 }
 
 LIBRARY_ZOO: dict[str, Callable[[], Case]] = {**TORCHVISION, **HUGGING_FACE}
@@ -345,6 +376,7 @@ ALLOWED_FALLBACK: dict[str, tuple[str, ...]] = {
     ),
     "bart/left": _BART_POSITIONS,
     "bart/none": _BART_POSITIONS,
+    "bart/right+decoder-mask": _BART_POSITIONS,
 }
 
 

@@ -28,6 +28,8 @@ from tests.conftest import rel_err
 from tests.library_zoo import (
     HUGGING_FACE,
     LIBRARY_ZOO,
+    SEQ,
+    N,
     fallback_allowed,
     float64_loop_reference,
     library_zoo_cases,
@@ -114,7 +116,46 @@ def test_dropping_the_causal_mask_is_detected(name: str) -> None:
     inputs = dict(case.inputs)
     inputs["attention_mask"] = padding_only_4d_mask(inputs["attention_mask"])
     wrong = per_example_gram(copy.deepcopy(case.model).double(), inputs, case.targets, method="loop")
+    assert torch.isfinite(wrong).all()
     assert rel_err(wrong, ref) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("name", "mask_key"),
+    [
+        ("bert/right", "attention_mask"),
+        ("roberta/left", "attention_mask"),
+        ("gpt2/left/eager", "attention_mask"),  # right padding cannot matter to a causal classifier
+        ("llama/left", "attention_mask"),
+        ("mistral-sw3/left", "attention_mask"),
+        ("t5/right", "attention_mask"),
+        ("bart/left", "attention_mask"),
+        ("bart/right+decoder-mask", "decoder_attention_mask"),
+    ],
+)
+def test_padding_masks_change_the_gram(name: str, mask_key: str) -> None:
+    """The padded cases are not vacuous: without their mask the Gram differs by far more than 1e-5,
+    so a path that dropped or misplaced the mask would fail the matrix."""
+    pytest.importorskip("transformers")
+    case, ref = case_and_reference(name)
+    inputs = {k: v for k, v in case.inputs.items() if k != mask_key}
+    model64 = copy.deepcopy(case.model).double()
+    unmasked = per_example_gram(model64, inputs, case.targets, loss_fn=loss_of(case), method="loop")
+    assert rel_err(unmasked, ref) > 1e-3
+
+
+def test_vmap_refuses_a_model_that_branches_on_data_with_a_clear_message() -> None:
+    """Packed-sequence detection (``position_ids``, no mask, no cache) reads positions in Python;
+    ``vmap`` refuses it, naming the model, and ``auto`` (layer rules, no vmap) stays exact."""
+    pytest.importorskip("transformers")
+    case, _ = case_and_reference("llama/none")
+    positions = torch.arange(SEQ).repeat(N, 1)
+    inputs = {**case.inputs, "position_ids": positions, "use_cache": False}
+    with pytest.raises(RuntimeError, match="LlamaForSequenceClassification branches on tensor values"):
+        per_example_gram(case.model, inputs, case.targets, method="vmap")
+    ref = per_example_gram(copy.deepcopy(case.model).double(), inputs, case.targets, method="loop")
+    result = run(Case("llama+positions", case.model, inputs, case.targets), method="auto")
+    assert rel_err(result.gram, ref) <= 1e-5
 
 
 def test_vmap_restores_transformers_mask_checks() -> None:

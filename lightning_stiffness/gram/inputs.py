@@ -128,7 +128,8 @@ def hf_vmap_mask_checks(model: nn.Module) -> Iterator[None]:
     same attention) — a data-dependent branch that ``vmap`` rejects. Answering "do not skip"
     always builds the full mask, which is the same attention, so the vmapped model computes exactly
     what the unbatched model computes for each example. The one-time "input_ids look padded"
-    warning check is turned off for the same reason. Everything is restored on exit.
+    warning check is turned off for the same reason. Everything is restored on exit. A model that
+    still branches on data raises a ``RuntimeError`` saying so (``auto`` then uses the loop).
 
     Passing a 4-D mask instead is not equivalent: transformers treats a 4-D mask as the complete
     mask, so decoders would lose their causal mask.
@@ -145,6 +146,14 @@ def hf_vmap_mask_checks(model: nn.Module) -> Iterator[None]:
         setattr(owner, attr, _constant(answer))
     try:
         yield
+    except RuntimeError as err:
+        if "data-dependent control flow" not in str(err):
+            raise
+        raise RuntimeError(
+            f"{type(model).__name__} branches on tensor values in Python (data-dependent control flow), "
+            "which torch.func.vmap cannot batch, so its per-example masks cannot be built under vmap; "
+            "use method='auto' (falls back to the exact per-example loop) or method='loop'"
+        ) from err
     finally:
         for owner, attr, original in reversed(saved):
             if original is None:

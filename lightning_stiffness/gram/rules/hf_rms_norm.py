@@ -31,15 +31,27 @@ SCALE_CLASSES = (
     "transformers.models.smollm3.modeling_smollm3.SmolLM3RMSNorm",
     "transformers.models.deepseek_v3.modeling_deepseek_v3.DeepseekV3RMSNorm",
     "transformers.models.olmo2.modeling_olmo2.Olmo2RMSNorm",
+    "transformers.models.olmo3.modeling_olmo3.Olmo3RMSNorm",
+    "transformers.models.olmoe.modeling_olmoe.OlmoeRMSNorm",
+    "transformers.models.ministral.modeling_ministral.MinistralRMSNorm",
+    "transformers.models.glm.modeling_glm.GlmRMSNorm",
+    "transformers.models.glm4.modeling_glm4.Glm4RMSNorm",
+    "transformers.models.granitemoe.modeling_granitemoe.GraniteMoeRMSNorm",
+    "transformers.models.deepseek_v2.modeling_deepseek_v2.DeepseekV2RMSNorm",
+    "transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLRMSNorm",
+    "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLRMSNorm",
+    "transformers.models.helium.modeling_helium.HeliumRMSNorm",
     "transformers.models.t5.modeling_t5.T5LayerNorm",
     "transformers.models.mt5.modeling_mt5.MT5LayerNorm",
     "transformers.models.umt5.modeling_umt5.UMT5LayerNorm",
 )
-#: ``y = (1 + w) ⊙ x̂`` with ``ε`` in ``eps`` (Gemma).
+#: ``y = (1 + w) ⊙ x̂`` with ``ε`` in ``eps`` (Gemma, T5Gemma, Qwen3-Next).
 OFFSET_SCALE_CLASSES = (
     "transformers.models.gemma.modeling_gemma.GemmaRMSNorm",
     "transformers.models.gemma2.modeling_gemma2.Gemma2RMSNorm",
     "transformers.models.gemma3.modeling_gemma3.Gemma3RMSNorm",
+    "transformers.models.t5gemma.modeling_t5gemma.T5GemmaRMSNorm",
+    "transformers.models.qwen3_next.modeling_qwen3_next.Qwen3NextRMSNorm",
 )
 
 

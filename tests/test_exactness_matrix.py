@@ -158,6 +158,25 @@ def test_vmap_refuses_a_model_that_branches_on_data_with_a_clear_message() -> No
     assert rel_err(result.gram, ref) <= 1e-5
 
 
+class Wrapper(nn.Module):
+    """A user module around a Hugging Face model (as a LightningModule holds one)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def test_vmap_on_a_module_wrapping_a_decoder() -> None:
+    pytest.importorskip("transformers")
+    case, ref = case_and_reference("llama/left")
+    result = run(Case("wrapped", Wrapper(case.model), case.inputs, case.targets), method="vmap")
+    assert result.method == "vmap"
+    assert rel_err(result.gram, ref) <= 1e-5
+
+
 def test_vmap_restores_transformers_mask_checks() -> None:
     pytest.importorskip("transformers")
     import transformers.masking_utils as masking

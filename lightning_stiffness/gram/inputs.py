@@ -134,7 +134,7 @@ def hf_vmap_mask_checks(model: nn.Module) -> Iterator[None]:
     Passing a 4-D mask instead is not equivalent: transformers treats a 4-D mask as the complete
     mask, so decoders would lose their causal mask.
     """
-    if not is_hf_model(model):
+    if not any(is_hf_model(m) for m in model.modules()):  # the model or a wrapped one (LightningModule)
         yield
         return
     saved = []

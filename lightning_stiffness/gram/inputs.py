@@ -7,7 +7,9 @@ or vmapped; anything else (flags, shared tensors) is passed through unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,20 +107,74 @@ def is_hf_model(model: nn.Module) -> bool:
     return any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)
 
 
-def vmap_safe_inputs(model: nn.Module, batch: ProbeBatch, dtype: torch.dtype) -> ProbeBatch:
-    """Hugging Face models reject a 2-D 0/1 ``attention_mask`` under ``vmap`` (data-dependent
-    control flow in transformers 5); the equivalent 4-D additive float mask works."""
-    inputs = batch.inputs
-    if not (is_hf_model(model) and isinstance(inputs, Mapping)):
-        return batch
-    mask = inputs.get("attention_mask")
-    if not isinstance(mask, Tensor) or mask.dim() != 2:
-        return batch
-    length = mask.shape[1]
-    additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-    new_inputs = dict(inputs)
-    new_inputs["attention_mask"] = additive.expand(-1, 1, length, length).contiguous()
-    return ProbeBatch(new_inputs, batch.targets, batch.n)
+#: Hugging Face ``transformers`` functions that only decide whether an attention mask may be skipped
+#: (an optimisation) or whether to warn; they read mask or token values in Python control flow, which
+#: ``vmap`` cannot do. Under ``vmap`` they are replaced by their conservative answer.
+_HF_SKIP_CHECKS = (
+    ("transformers.masking_utils", None, "_ignore_causal_mask_sdpa", False),
+    ("transformers.masking_utils", None, "_ignore_bidirectional_mask_sdpa", False),
+    ("transformers.modeling_utils", "PreTrainedModel", "warn_if_padding_and_no_attention_mask", None),
+)
+
+
+@contextmanager
+def hf_vmap_mask_checks(model: nn.Module) -> Iterator[None]:
+    """Let a Hugging Face model build its own attention masks under ``vmap``.
+
+    Transformers turns the 2-D 0/1 ``attention_mask`` into the attention bias each layer needs
+    (causal ∧ padding for decoders, sliding windows, bidirectional padding for encoders, encoder
+    padding for cross-attention). Before building it, it asks whether the mask may be dropped
+    altogether (``padding_mask.all()``: no padding, so SDPA's ``is_causal`` or no bias gives the
+    same attention) — a data-dependent branch that ``vmap`` rejects. Answering "do not skip"
+    always builds the full mask, which is the same attention, so the vmapped model computes exactly
+    what the unbatched model computes for each example. The one-time "input_ids look padded"
+    warning check is turned off for the same reason. Everything is restored on exit. A model that
+    still branches on data raises a ``RuntimeError`` saying so (``auto`` then uses the loop).
+
+    Passing a 4-D mask instead is not equivalent: transformers treats a 4-D mask as the complete
+    mask, so decoders would lose their causal mask.
+    """
+    if not any(is_hf_model(m) for m in model.modules()):  # the model or a wrapped one (LightningModule)
+        yield
+        return
+    saved = []
+    for module_name, class_name, attr, answer in _HF_SKIP_CHECKS:
+        owner = _optional_attr(module_name, class_name)
+        if owner is None or not hasattr(owner, attr):
+            continue
+        saved.append((owner, attr, vars(owner).get(attr)))  # None: inherited, delete on exit
+        setattr(owner, attr, _constant(answer))
+    try:
+        yield
+    except RuntimeError as err:
+        if "data-dependent control flow" not in str(err):
+            raise
+        raise RuntimeError(
+            f"{type(model).__name__} branches on tensor values in Python (data-dependent control flow), "
+            "which torch.func.vmap cannot batch, so its per-example masks cannot be built under vmap; "
+            "use method='auto' (falls back to the exact per-example loop) or method='loop'"
+        ) from err
+    finally:
+        for owner, attr, original in reversed(saved):
+            if original is None:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, original)
+
+
+def _constant(answer: Any) -> Callable[..., Any]:
+    def check(*args: Any, **kwargs: Any) -> Any:
+        return answer
+
+    return check
+
+
+def _optional_attr(module_name: str, class_name: str | None) -> Any:
+    """``module_name`` (or its ``class_name``) when the module is already imported, else ``None``."""
+    module = sys.modules.get(module_name)
+    if module is None or class_name is None:
+        return module
+    return getattr(module, class_name, None)
 
 
 def _logits(outputs: Any) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses, vmap_safe_inputs
+from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, hf_vmap_mask_checks, per_example_losses
 
 RowFn = Callable[[int, int], Tensor]
 
@@ -42,9 +42,7 @@ def vmap_rows(model: nn.Module, params: dict[str, nn.Parameter], batch: ProbeBat
 
     Parameters outside ``params`` stay fixed at the module's own values.
     """
-    dtype = next(iter(params.values())).dtype
-    vbatch = vmap_safe_inputs(model, batch, dtype if dtype.is_floating_point else torch.float32)
-    in_dims = vbatch.in_dims()
+    in_dims = batch.in_dims()
     # functional_call needs the module's own names, which may hold wrapper segments that params' names lack
     own_name = {id(p): k for k, p in model.named_parameters()}
     detached = {own_name[id(p)]: p.detach() for p in params.values()}
@@ -67,10 +65,10 @@ def vmap_rows(model: nn.Module, params: dict[str, nn.Parameter], batch: ProbeBat
     batched = vmap(flat_grad, in_dims=(None, in_dims, 0))
 
     def rows(start: int, stop: int) -> Tensor:
-        part = vbatch.rows(start, stop)
+        part = batch.rows(start, stop)
         # torch.func.grad ignores an outer no_grad; it keeps the result detached from the
         # unselected parameters, which functional_call leaves in the graph
-        with torch.no_grad():
+        with torch.no_grad(), hf_vmap_mask_checks(model):
             return batched(detached, part.inputs, part.targets)
 
     return rows

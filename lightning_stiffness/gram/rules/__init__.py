@@ -1,12 +1,30 @@
 """Layer rules for the kernel engine; importing this package registers all of them."""
 
-from lightning_stiffness.gram.rules import conv, embedding, linear, norm  # noqa: F401  (registration)
+from lightning_stiffness.gram.rules import (  # noqa: F401  (registration)
+    conv,
+    embedding,
+    hf_conv1d,
+    hf_rms_norm,
+    hf_scaled_embedding,
+    linear,
+    norm,
+)
 from lightning_stiffness.gram.rules.base import (
     LayerRule,
     PerExampleGrad,
     find_rule,
     register_rule,
+    register_rule_by_name,
+    registered_names,
     registered_types,
 )
 
-__all__ = ["LayerRule", "PerExampleGrad", "find_rule", "register_rule", "registered_types"]
+__all__ = [
+    "LayerRule",
+    "PerExampleGrad",
+    "find_rule",
+    "register_rule",
+    "register_rule_by_name",
+    "registered_names",
+    "registered_types",
+]

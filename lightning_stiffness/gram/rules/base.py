@@ -45,6 +45,8 @@ class LayerRule:
 
 
 _REGISTRY: dict[type[nn.Module], LayerRule] = {}
+#: Rules for classes of optional third-party libraries, keyed by ``"module.QualName"``.
+_BY_NAME: dict[str, LayerRule] = {}
 
 R = TypeVar("R", bound=type[LayerRule])
 
@@ -62,12 +64,30 @@ def register_rule(*module_types: type[nn.Module]) -> Callable[[R], R]:
     return decorate
 
 
+def register_rule_by_name(*qualified_names: str) -> Callable[[R], R]:
+    """Like :func:`register_rule`, for classes of optional libraries (Hugging Face
+    ``transformers``) named ``"package.module.ClassName"``: matched by name when a module is looked
+    up, so registering never imports the library (whose models exist only once it is imported)."""
+
+    def decorate(rule_cls: R) -> R:
+        rule = rule_cls()
+        for name in qualified_names:
+            _BY_NAME[name] = rule
+        return rule_cls
+
+    return decorate
+
+
+def _registered(cls: type) -> LayerRule | None:
+    return _REGISTRY.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+
+
 def find_rule(module: nn.Module) -> LayerRule | None:
     """The rule registered for ``module``'s class or the nearest base class whose ``forward``
     it still uses; ``None`` when no rule applies (the engine then falls back to vmap)."""
     cls = type(module)
     for base in cls.__mro__:
-        rule = _REGISTRY.get(base)
+        rule = _registered(base)
         if rule is not None:
             return rule if getattr(cls, "forward", None) is getattr(base, "forward", None) else None
     return None
@@ -76,3 +96,8 @@ def find_rule(module: nn.Module) -> LayerRule | None:
 def registered_types() -> list[type[nn.Module]]:
     """Module types with a registered rule (for documentation and error messages)."""
     return list(_REGISTRY)
+
+
+def registered_names() -> list[str]:
+    """Qualified class names of optional libraries with a registered rule."""
+    return list(_BY_NAME)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -64,7 +64,8 @@ class StiffnessCallback(Callback):
         at_epoch_end: also measure at the end of each training epoch.
         loss_thresholds: measure the first time the smoothed training loss is ≤ each value.
         loss_smoothing: EMA factor for that training loss.
-        splits: where the probe comes from: any of ``"train"``, ``"val"``.
+        splits: where the probe comes from: any of ``"train"``, ``"val"`` (default: ``"train"``, plus
+            ``"val"`` when the trainer has validation data; said once at info level).
         per_class: probe examples per class and split (paper: ~15 (v1) to ~50 (v3) for 10 classes).
         seed: seed of the probe draw (and of the bootstrap).
         probe_datasets: explicit datasets per split name (default: the trainer's dataloaders).
@@ -131,7 +132,7 @@ class StiffnessCallback(Callback):
         at_epoch_end: bool = False,
         loss_thresholds: Sequence[float] = (),
         loss_smoothing: float = 0.9,
-        splits: Sequence[str] = SPLITS,
+        splits: Sequence[str] | None = None,
         per_class: int = 25,
         seed: int = 0,
         probe_datasets: Mapping[str, Dataset] | None = None,
@@ -156,9 +157,9 @@ class StiffnessCallback(Callback):
         save_dir: str | None = None,
         verify: int = 3,
     ) -> None:
-        splits = tuple(splits)
-        unknown = [s for s in splits if s not in SPLITS and not (probe_datasets and s in probe_datasets)]
-        if not splits or unknown:
+        splits = tuple(splits) if splits is not None else None
+        unknown = [s for s in splits or () if s not in SPLITS and not (probe_datasets and s in probe_datasets)]
+        if splits is not None and (not splits or unknown):
             raise ValueError(f"splits must be a non-empty subset of {SPLITS} (or keys of probe_datasets), got {splits}")
         if per_class < 1:
             raise ValueError(f"per_class must be >= 1, got {per_class}")
@@ -173,7 +174,7 @@ class StiffnessCallback(Callback):
         self.schedule = MeasurementSchedule(
             every_n_steps, at_start, log_points_per_decade, at_epoch_end, tuple(loss_thresholds), loss_smoothing
         )
-        self.splits = splits
+        self.splits: tuple[str, ...] | None = splits
         self.per_class = per_class
         self.seed = seed
         self.probe_datasets = dict(probe_datasets) if probe_datasets is not None else None
@@ -219,7 +220,7 @@ class StiffnessCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(splits=self.splits, per_class=self.per_class, seed=self.seed)
+        return self._generate_state_key(splits=self.splits or SPLITS, per_class=self.per_class, seed=self.seed)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -371,9 +372,15 @@ class StiffnessCallback(Callback):
     def _prepare_probe(self, trainer: Trainer) -> None:
         if self._probe is not None:
             return
-        datasets = self.probe_datasets or _trainer_datasets(trainer, self.splits)
-        datasets = {name: datasets[name] for name in self.splits if name in datasets}
-        missing = [s for s in self.splits if s not in datasets]
+        wanted = self.splits or (tuple(self.probe_datasets) if self.probe_datasets else SPLITS)
+        datasets = self.probe_datasets or _trainer_datasets(trainer, wanted)
+        datasets = {name: datasets[name] for name in wanted if name in datasets}
+        if self.splits is None and datasets and "val" not in datasets and not self.probe_datasets:
+            rank_zero_info(
+                "StiffnessCallback: the trainer has no validation data, so the probe is drawn from the training "
+                "data only (train-train pairs); pass splits=('train', 'val') with a val dataloader for train-val pairs."
+            )
+        missing = [s for s in (self.splits or ("train",)) if s not in datasets]
         if missing:
             raise MisconfigurationException(
                 f"StiffnessCallback: no {missing} data to draw the probe from. Give the Trainer those dataloaders, "

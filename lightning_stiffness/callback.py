@@ -23,17 +23,24 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from lightning_stiffness.analysis import AnalysisConfig, analyze
+from lightning_stiffness.analysis import AnalysisConfig, analyze, scalar_metrics
 from lightning_stiffness.analytics import capture_representations, cosine_distance_matrix, input_distances
 from lightning_stiffness.gram import GramResult, per_example_gram, select_parameters
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch
 from lightning_stiffness.gram.sharding import is_sharded
 from lightning_stiffness.log import custom_scalars_layout, log_images, log_scalars, tensorboard_writers
-from lightning_stiffness.measurement import Measurement, load_measurement, save_measurement
+from lightning_stiffness.measurement import (
+    Measurement,
+    MeasurementFormatError,
+    load_measurement,
+    save_measurement,
+    write_text_atomic,
+)
 from lightning_stiffness.probe import BatchAdapter, ProbeData, ProbeSpec, choose_probe, collate_probe, split_batch
 from lightning_stiffness.schedule import MeasurementSchedule
 from lightning_stiffness.strategies import ProbeTarget, probe_target, strategy_problem
+from lightning_stiffness.structure import CallPlan, ProbeStructureError, find_call_plan
 
 SPLITS = ("train", "val")
 #: Relative error above which the first-measurement cross-check warns (float32 Grams agree to ~1e-6).
@@ -215,6 +222,7 @@ class StiffnessCallback(Callback):
         self._train_seconds_before = 0.0  # training wall-clock of earlier (resumed-from) fits
         self._train_start: float | None = None
         self._save_path: Path | None = None
+        self._images_on = log_images
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -228,11 +236,13 @@ class StiffnessCallback(Callback):
         problem = strategy_problem(trainer.strategy)
         if problem:
             raise MisconfigurationException(f"StiffnessCallback: {problem}")
-        if self.log_images and not tensorboard_writers(trainer.loggers):
-            raise MisconfigurationException(
-                "StiffnessCallback(log_images=True) needs a TensorBoardLogger to receive images, but the trainer "
-                f"has {[type(lg).__name__ for lg in trainer.loggers] or 'no logger'}. Add "
-                "Trainer(logger=TensorBoardLogger(...)) or pass StiffnessCallback(log_images=False)."
+        self._images_on = self.log_images and bool(tensorboard_writers(trainer.loggers))
+        if self.log_images and not self._images_on:
+            rank_zero_info(
+                "StiffnessCallback: no logger of this Trainer takes images "
+                f"({[type(lg).__name__ for lg in trainer.loggers] or 'no logger'}), so heatmaps and figures are "
+                "skipped; scalars still go to every logger and measurements are saved. Add a TensorBoardLogger for "
+                "images, or pass log_images=False to silence this."
             )
         try:  # fail at setup, not at every measurement, on a wrong module_attr or params name
             select_parameters(self._measured_module(pl_module), self.params)
@@ -247,7 +257,9 @@ class StiffnessCallback(Callback):
         self._save_path = self._resolve_directory(trainer)
         if not self._participates(trainer):
             return
-        self._prepare_probe(trainer)
+        start = time.perf_counter()
+        self._prepare_probe(trainer, pl_module)
+        self._measure_seconds += time.perf_counter() - start
         if trainer.is_global_zero:
             self._save_run_info(trainer, pl_module)
         for writer in tensorboard_writers(trainer.loggers):
@@ -260,6 +272,10 @@ class StiffnessCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = _loss_value(outputs)
+        if loss is not None and pl_module.automatic_optimization:
+            # Lightning hands callbacks the loss divided by accumulate_grad_batches (what it
+            # backpropagates); thresholds and the smoothed loss are about the true training loss
+            loss *= trainer.accumulate_grad_batches
         if self.schedule.loss_thresholds and is_distributed():
             # thresholds must trigger on every rank at the same step: agree on the mean loss
             local = torch.tensor(math.nan if loss is None else loss, device=pl_module.device)
@@ -305,7 +321,19 @@ class StiffnessCallback(Callback):
         self._train_seconds_before = float(state_dict.get("train_seconds", 0.0))
         self._measured_steps = {int(s) for s in state_dict.get("measured_steps", [])}
         self.saved_files = [f for f in state_dict.get("saved_files", []) if Path(f).exists()]
-        self.measurements = [load_measurement(f) for f in self.saved_files]
+        self.measurements = []
+        damaged = []
+        for f in list(self.saved_files):
+            try:
+                self.measurements.append(load_measurement(f))
+            except MeasurementFormatError:
+                damaged.append(f)
+                self.saved_files.remove(f)
+        if damaged:
+            rank_zero_warn(
+                f"StiffnessCallback: {len(damaged)} saved measurement file(s) of the resumed run cannot be read and "
+                f"are left out of the history: {damaged}"
+            )
 
     # ------------------------------------------------------------------ internals
 
@@ -345,7 +373,7 @@ class StiffnessCallback(Callback):
             "representation_layers": list(self.representation_layers),
             "superclasses": list(self.analysis.superclasses) if self.analysis.superclasses else None,
             "callback": {
-                "splits": list(self.splits),
+                "splits": list(self.probe_spec.split_names if self.probe_spec else self.splits or SPLITS),
                 "per_class": self.per_class,
                 "seed": self.seed,
                 "method": self.method,
@@ -367,9 +395,9 @@ class StiffnessCallback(Callback):
         }
         directory = self._directory(trainer)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        write_text_atomic(directory / "run.json", json.dumps(info, indent=2, default=str))
 
-    def _prepare_probe(self, trainer: Trainer) -> None:
+    def _prepare_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._probe is not None:
             return
         wanted = self.splits or (tuple(self.probe_datasets) if self.probe_datasets else SPLITS)
@@ -390,10 +418,39 @@ class StiffnessCallback(Callback):
         if self.probe_spec is None:
             self.probe_spec = choose_probe(datasets, self.per_class, self.seed, self.batch_adapter)
         collate_fn = _train_collate_fn(trainer)
-        self._probe = collate_probe(datasets, self.probe_spec, collate_fn, self.batch_adapter)
+        probe = collate_probe(datasets, self.probe_spec, collate_fn, self.batch_adapter)
+        plan = self._call_plan(trainer, pl_module, probe)
+        self._probe = dataclasses.replace(probe, inputs=plan.transform(probe.inputs))
         tensor_inputs = isinstance(self._probe.inputs, Tensor) and self._probe.inputs.is_floating_point()
         if self.input_distance and tensor_inputs and trainer.is_global_zero:  # only rank 0 analyses
             self._input_distances = input_distances(self._probe.inputs)
+
+    def _call_plan(self, trainer: Trainer, pl_module: LightningModule, probe: ProbeData) -> CallPlan:
+        """Run the measured module once on two probe examples and adopt the one unambiguous way
+        to call it (see :mod:`~lightning_stiffness.structure`); refuse at the start of training,
+        with the line to write, when there is none — never fail at every step."""
+        module = self._measured_module(pl_module)
+        with probe_target(trainer, pl_module, module, self.module_attr) as target:
+            through_wrapper = target.model is not module
+            sharded = is_sharded(target.model, target.model.parameters())
+            device = next(target.model.parameters()).device
+            try:
+                plan = find_call_plan(
+                    target.model if through_wrapper else pl_module,
+                    None if through_wrapper else self.module_attr,
+                    probe.inputs,
+                    probe.targets,
+                    self.loss_fn,
+                    to_device=lambda t: t.to(device),
+                    search_children=not (through_wrapper or sharded),
+                )
+            except ProbeStructureError as err:
+                raise MisconfigurationException(f"StiffnessCallback: {err}") from err
+        if plan.adapted:
+            rank_zero_info(f"StiffnessCallback: {plan.adapted}.")
+        if plan.module_attr is not None and plan.module_attr != self.module_attr:
+            self.module_attr = plan.module_attr
+        return plan
 
     def _resolve_superclasses(self, trainer: Trainer) -> None:
         mapping = self.superclasses
@@ -420,8 +477,21 @@ class StiffnessCallback(Callback):
         step = trainer.global_step
         self._measured_steps.add(step)  # on every rank, so all ranks agree on what is still due
         start = time.perf_counter()
+        measurement = self._compute(trainer, pl_module, step, trigger)
+        computed = time.perf_counter()
+        if measurement is not None:
+            measurement.seconds = computed - start
+        self._measure_seconds += computed - start
+        self._share_metrics(trainer, measurement)
+        if measurement is not None:
+            self.measurements.append(measurement)
+            self._publish(trainer, measurement)
+        self._measure_seconds += time.perf_counter() - computed  # sharing, saving and logging count too
+
+    def _compute(self, trainer: Trainer, pl_module: LightningModule, step: int, trigger: str) -> Measurement | None:
+        """Gram (every rank) and analysis (rank 0); a failure is recorded and warned, never raised."""
         try:
-            self._prepare_probe(trainer)
+            self._prepare_probe(trainer, pl_module)
             module = self._measured_module(pl_module)
             with probe_target(trainer, pl_module, module, self.module_attr) as target:
                 result, gram_seconds = self._gram(target)
@@ -429,7 +499,7 @@ class StiffnessCallback(Callback):
                 distances = self._representation_distances(target)
                 sharded = is_sharded(target.model, target.model.parameters())
             if not trainer.is_global_zero:
-                return
+                return None
             # the plain-autograd cross-check differentiates whole parameters: not possible on shards
             if self.verify and self.verification is None and not sharded:
                 self._verify(module, result.gram)
@@ -440,14 +510,35 @@ class StiffnessCallback(Callback):
             message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             self.failures.append({"step": step, "trigger": trigger, "error": message})
             rank_zero_warn(f"StiffnessCallback: the measurement at step {step} failed ({message}); training goes on.")
-            return
-        seconds = time.perf_counter() - start
-        self._measure_seconds += seconds
-        measurement.seconds = seconds
+            return None
         measurement.gram_seconds = gram_seconds
         measurement.metrics = _scalar_metrics(trainer.callback_metrics)
-        self.measurements.append(measurement)
-        self._publish(trainer, measurement)
+        return measurement
+
+    def _logged_scalars(self, m: Measurement) -> dict[str, float]:
+        """Every scalar of a measurement as logged: ``stiffness/...`` statistics, the share of the
+        training wall-clock the callback has taken so far, the smoothed training loss."""
+        elapsed = self._train_seconds()
+        metrics = scalar_metrics(m)
+        if elapsed > 0:
+            metrics["stiffness/cost/share"] = self._measure_seconds / elapsed
+        if m.train_loss is not None and math.isfinite(m.train_loss):
+            metrics["stiffness/train_loss_smoothed"] = m.train_loss
+        return metrics
+
+    def _share_metrics(self, trainer: Trainer, m: Measurement | None) -> None:
+        """Put the scalars into ``trainer.callback_metrics`` on every rank, so ``EarlyStopping`` and
+        ``ModelCheckpoint`` can monitor them (``monitor="stiffness/sign/within"``). Rank 0 computed
+        them; under DDP/FSDP every rank reaches this broadcast, also after a failed measurement."""
+        metrics = self._logged_scalars(m) if m is not None else None
+        if is_distributed():
+            metrics = trainer.strategy.broadcast(metrics, src=0)
+        if not metrics:
+            return
+        device = trainer.strategy.root_device
+        for key, value in metrics.items():
+            if key.startswith("stiffness/") and math.isfinite(value):
+                trainer.callback_metrics[key] = torch.tensor(value, device=device)
 
     def _gram(self, target: ProbeTarget) -> tuple[GramResult, float]:
         device = next(target.model.parameters()).device
@@ -525,12 +616,9 @@ class StiffnessCallback(Callback):
         """Save and log a measurement; a logging problem is reported, never raised."""
         try:
             self.saved_files.append(str(save_measurement(m, self._directory(trainer))))
-            elapsed = self._train_seconds()
-            extra = {"stiffness/cost/share": self._measure_seconds / elapsed} if elapsed > 0 else {}
-            if m.train_loss is not None and math.isfinite(m.train_loss):
-                extra["stiffness/train_loss_smoothed"] = m.train_loss
-            log_scalars(trainer.loggers, m, extra, step=m.step)
-            if self.log_images and (len(self.measurements) - 1) % self.image_every == 0:
+            metrics = self._logged_scalars(m)
+            log_scalars(trainer.loggers, m, metrics, step=m.step)
+            if self._images_on and (len(self.measurements) - 1) % self.image_every == 0:
                 log_images(tensorboard_writers(trainer.loggers), m, m.step, self.analysis.superclasses)
         except Exception as err:
             rank_zero_warn(

@@ -7,6 +7,8 @@ resumed run measures the same examples.
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,11 +105,26 @@ def choose_probe(
     datasets: Mapping[str, Dataset], per_class: int, seed: int, adapter: BatchAdapter = split_batch
 ) -> ProbeSpec:
     """Stratified probe indices for each split (each split drawn with its own derived seed)."""
-    indices = {
-        name: stratified_indices(dataset_labels(ds, adapter), per_class, seed + k)
-        for k, (name, ds) in enumerate(datasets.items())
-    }
+    indices: dict[str, list[int]] = {}
+    for k, (name, ds) in enumerate(datasets.items()):
+        labels = dataset_labels(ds, adapter)
+        indices[name] = stratified_indices(labels, per_class, seed + k)
+        short = probe_shortfall(labels, indices[name], per_class)
+        if short:
+            warnings.warn(
+                f"the probe asks for per_class={per_class} examples of every class, but the {name!r} data has fewer "
+                f"for {len(short)} class(es) (class: available) {short}; the {name!r} probe has "
+                f"{len(indices[name])} examples instead of {per_class * len(set(labels))}.",
+                UserWarning,
+                stacklevel=2,
+            )
     return ProbeSpec(indices, seed, per_class)
+
+
+def probe_shortfall(labels: Sequence[int], chosen: Sequence[int], per_class: int) -> dict[int, int]:
+    """Classes that have fewer than ``per_class`` examples, with how many were available."""
+    counts = Counter(labels[i] for i in chosen)
+    return {int(c): n for c, n in sorted(counts.items()) if n < per_class}
 
 
 def collate_probe(

@@ -91,8 +91,13 @@ def test_loss_threshold_trigger(tmp_path: Path) -> None:
 
 
 def test_failed_measurement_warns_and_training_goes_on(tmp_path: Path) -> None:
+    calls = []
+
     def broken_loss(outputs, targets):  # type: ignore[no-untyped-def]
-        raise RuntimeError("boom")
+        calls.append(targets.shape)
+        if len(calls) > 1:  # the start-of-training dry forward passes; every measurement fails
+            raise RuntimeError("boom")
+        return torch.nn.functional.cross_entropy(outputs, targets, reduction="none")
 
     cb = _cb(loss_fn=broken_loss)
     with pytest.warns(UserWarning, match="measurement at step 0 failed"):
@@ -181,20 +186,6 @@ def test_scalars_reach_every_logger(tmp_path: Path) -> None:
     for key in ("stiffness/sign/within", "stiffness/cos/between", "stiffness/m_coherence", "stiffness/cost/share"):
         assert key in header
     assert load_measurements(tb.log_dir)  # saved under the first logger's log dir
-
-
-def test_images_need_a_tensorboard_logger(tmp_path: Path) -> None:
-    with pytest.raises(MisconfigurationException, match="needs a TensorBoardLogger"):
-        _fit(tmp_path, [_cb(log_images=True)], max_epochs=1, logger=CSVLogger(str(tmp_path)))
-
-
-def test_missing_validation_data_is_a_clear_error(tmp_path: Path) -> None:
-    cb = _cb()
-    L.seed_everything(0, verbose=False)
-    train, _ = loaders()
-    with pytest.raises(MisconfigurationException, match=r"no \['val'\] data to draw the probe from"):
-        trainer(tmp_path, [cb], max_epochs=1).fit(TinyClassifier(), train)
-    assert not cb.measurements
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from lightning_stiffness.analysis import AnalysisConfig, analyze, scalar_metrics
+from lightning_stiffness.analysis import AnalysisConfig, analyze, analyze_without_classes, scalar_metrics
 from lightning_stiffness.analytics import capture_representations, cosine_distance_matrix, input_distances
 from lightning_stiffness.gram import GramResult, per_example_gram, select_parameters
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
@@ -37,7 +37,15 @@ from lightning_stiffness.measurement import (
     save_measurement,
     write_text_atomic,
 )
-from lightning_stiffness.probe import BatchAdapter, ProbeData, ProbeSpec, choose_probe, collate_probe, split_batch
+from lightning_stiffness.probe import (
+    BatchAdapter,
+    GroupKey,
+    ProbeData,
+    ProbeSpec,
+    choose_probe,
+    collate_probe,
+    split_batch,
+)
 from lightning_stiffness.schedule import MeasurementSchedule
 from lightning_stiffness.strategies import ProbeTarget, probe_target, strategy_problem
 from lightning_stiffness.structure import CallPlan, ProbeStructureError, find_call_plan
@@ -78,8 +86,14 @@ class StiffnessCallback(Callback):
         probe_datasets: explicit datasets per split name (default: the trainer's dataloaders).
         batch_adapter: ``callable(batch) -> (inputs, targets)`` (default: ``(x, y)`` tuples or
             dicts with ``labels``).
+        groups: for targets that are not class labels: a key of dict examples, or
+            ``callable(example) -> int``, whose values stratify the probe and replace classes in
+            the class statistics. Without it such targets (float regression values, ``(N, k)``
+            multi-label vectors, token labels) get a seeded random probe of ``per_class × 10``
+            examples per split and no class statistics (said once).
         loss_fn: ``callable(outputs, targets) -> (N,)`` per-example losses (default:
-            cross-entropy on the logits the module returns).
+            cross-entropy on the logits the module returns; regression needs e.g.
+            ``lambda out, y: F.mse_loss(out, y, reduction="none").reshape(len(y), -1).mean(1)``).
         module_attr: measure this submodule of the LightningModule (e.g. ``"model"``) instead of
             the module itself.
         method: Gram method, see :func:`~lightning_stiffness.per_example_gram`.
@@ -144,6 +158,7 @@ class StiffnessCallback(Callback):
         seed: int = 0,
         probe_datasets: Mapping[str, Dataset] | None = None,
         batch_adapter: BatchAdapter | None = None,
+        groups: GroupKey | None = None,
         loss_fn: LossFn | None = None,
         module_attr: str | None = None,
         method: str = "auto",
@@ -186,6 +201,7 @@ class StiffnessCallback(Callback):
         self.seed = seed
         self.probe_datasets = dict(probe_datasets) if probe_datasets is not None else None
         self.batch_adapter = batch_adapter or split_batch
+        self.groups = groups
         self.loss_fn = loss_fn
         self.module_attr = module_attr
         self.method = method
@@ -416,9 +432,16 @@ class StiffnessCallback(Callback):
             )
         self._resolve_superclasses(trainer)
         if self.probe_spec is None:
-            self.probe_spec = choose_probe(datasets, self.per_class, self.seed, self.batch_adapter)
+            self.probe_spec = choose_probe(datasets, self.per_class, self.seed, self.batch_adapter, self.groups)
         collate_fn = _train_collate_fn(trainer)
-        probe = collate_probe(datasets, self.probe_spec, collate_fn, self.batch_adapter)
+        probe = collate_probe(datasets, self.probe_spec, collate_fn, self.batch_adapter, self.groups)
+        if probe.labels is None:
+            rank_zero_info(
+                f"StiffnessCallback: the targets are not class labels (shape {tuple(probe.targets.shape)}, "
+                f"{probe.targets.dtype}), so the probe is a seeded random draw and class statistics are skipped; "
+                "overall stiffness, stiffness against distance, ξ (all pairs), m-coherence and layer-wise "
+                "stiffness are measured. Pass groups=... to stratify and group by a key of your own."
+            )
         plan = self._call_plan(trainer, pl_module, probe)
         self._probe = dataclasses.replace(probe, inputs=plan.transform(probe.inputs))
         tensor_inputs = isinstance(self._probe.inputs, Tensor) and self._probe.inputs.is_floating_point()
@@ -596,11 +619,7 @@ class StiffnessCallback(Callback):
         assert self._probe is not None
         distances = {"input": self._input_distances} if self._input_distances is not None else {}
         distances.update(layer_distances)
-        measurement = analyze(
-            result.gram,
-            self._probe.targets,
-            self._probe.splits,
-            self._probe.split_names,
+        common: dict[str, Any] = dict(
             step=step,
             epoch=epoch,
             trigger=trigger,
@@ -608,6 +627,11 @@ class StiffnessCallback(Callback):
             blocks=result.blocks if self.layerwise else None,
             config=self.analysis,
         )
+        labels = self._probe.labels
+        if labels is None:
+            measurement = analyze_without_classes(result.gram, self._probe.splits, self._probe.split_names, **common)
+        else:
+            measurement = analyze(result.gram, labels, self._probe.splits, self._probe.split_names, **common)
         measurement.strategies = result.strategies
         measurement.train_loss = self.schedule.smoothed_loss
         return measurement

@@ -92,6 +92,9 @@ class Measurement:
             the class matrix (when a super-class map is configured).
         metrics: the trainer's scalar ``callback_metrics`` at the time (e.g. the last ``val_loss``),
             for loss panels and overfitting onset in reports.
+        class_statistics: ``False`` when the probe targets were not class labels (regression,
+            multi-label) and no ``groups`` were given: class matrices are empty and the summaries'
+            ``within``/``between`` are NaN; overall stiffness, distances and ξ (all pairs) remain.
         unknown_fields: fields of a loaded file that this version does not know (written by a newer
             minor format version), kept aside and not written back by :meth:`to_dict`.
 
@@ -122,6 +125,7 @@ class Measurement:
     strategies: dict[str, str] = field(default_factory=dict)
     superclass: dict[str, SuperclassStats] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    class_statistics: bool = True
     unknown_fields: dict[str, Any] = field(default_factory=dict)
 
     @property

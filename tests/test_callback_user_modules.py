@@ -200,3 +200,118 @@ def test_stiffness_is_a_metric_for_early_stopping_and_checkpointing(tmp_path: Pa
     assert ckpt.best_model_path and math.isfinite(float(ckpt.best_model_score))
     best = max(m.summaries["sign"]["all"].all for m in cb.measurements if m.trigger.endswith("epoch_end"))
     assert float(ckpt.best_model_score) <= best + 1e-6
+
+
+class Regressor(L.LightningModule):
+    """Float targets of shape (N,) or (N, k), trained with MSE."""
+
+    def __init__(self, outputs: int = 1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.mse_loss(self(x).reshape(y.shape), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.mse_loss(self(x).reshape(y.shape), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _regression_data(n: int, k: int | None, seed: int) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = x[:, :1].repeat(1, k or 1) * 0.7 + 0.1 * torch.randn(n, k or 1, generator=g)
+    return torch.utils.data.TensorDataset(x, y if k else y[:, 0])
+
+
+# the loss_fn of docs/quickstart.md ("Targets that are not class labels"), verbatim
+DOCS_MSE = lambda out, y: F.mse_loss(out.reshape(y.shape), y, reduction="none").reshape(len(y), -1).mean(1)  # noqa: E731
+DOCS_BCE = lambda out, y: F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(1)  # noqa: E731
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_regression_targets_measure_without_class_statistics(
+    tmp_path: Path, k: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MSE regression, targets (N,) and (N, k): a seeded random probe (never float targets
+    truncated to classes), the exact Gram, overall stiffness, ξ over all pairs, no class stats."""
+    cb = _callback(loss_fn=DOCS_MSE, per_class=3)
+    L.seed_everything(0, verbose=False)
+    module = Regressor(outputs=k or 1)
+    initial = Regressor(outputs=k or 1)
+    initial.load_state_dict(module.state_dict())
+    train, val = _regression_data(96, k, 0), _regression_data(48, k, 1)
+    with caplog.at_level(logging.INFO):
+        trainer(tmp_path, [cb], max_steps=6).fit(module, DataLoader(train, 8), DataLoader(val, 16))
+    assert [m.step for m in cb.measurements] == [0, 3, 6] and not cb.failures
+    assert sum("not class labels" in r.getMessage() for r in caplog.records) == 1
+    assert {name: len(idx) for name, idx in cb.probe_spec.indices.items()} == {"train": 30, "val": 30}
+    m = cb.measurements[0]
+    assert m.class_statistics is False and m.class_sign.numel() == 0
+    summary = m.summaries["sign"]["all"]
+    assert math.isnan(summary.within) and math.isnan(summary.between) and math.isfinite(summary.all)
+    assert "stiffness/sign/all" in _logged(cb, m) and "stiffness/sign/within" not in _logged(cb, m)
+    x = torch.cat([train.tensors[0][cb.probe_spec.indices["train"]], val.tensors[0][cb.probe_spec.indices["val"]]])
+    y = torch.cat([train.tensors[1][cb.probe_spec.indices["train"]], val.tensors[1][cb.probe_spec.indices["val"]]])
+    expected = per_example_gram(initial.double(), x.double(), y.double(), loss_fn=DOCS_MSE, method="loop")
+    torch.testing.assert_close(m.gram.double(), expected, rtol=1e-5, atol=1e-7)
+    off = ~torch.eye(60, dtype=torch.bool)
+    assert summary.all == pytest.approx(float(torch.sign(expected)[off].mean()), abs=1e-6)
+    assert {key.split("/")[-1] for key in m.curves} == {"all"}
+    assert "input/sign/zero_crossing" in m.critical_lengths
+
+
+def _logged(cb: StiffnessCallback, m: Any) -> dict[str, float]:
+    return cb._logged_scalars(m)
+
+
+class DomainData(Dataset):
+    """Multi-label targets (N, 4) with a ``domain`` key to group by."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = (self.x[:, :4] > 0).float()
+        self.domain = torch.arange(n) % 3
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"x": self.x[i], "labels": self.y[i], "domain": self.domain[i]}
+
+
+class MultiLabel(Regressor):
+    def __init__(self) -> None:
+        super().__init__(outputs=4)
+
+    def forward(self, x: Tensor, domain: Tensor | None = None) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return F.binary_cross_entropy_with_logits(self(batch["x"]), batch["labels"])
+
+
+def test_multilabel_targets_grouped_by_a_key(tmp_path: Path) -> None:
+    """BCE multi-label targets with ``groups="domain"``: the probe is stratified by domain and
+    the domains play the role of classes in the class statistics."""
+    cb = _callback(loss_fn=DOCS_BCE, groups="domain", splits=("train",))
+    trainer(tmp_path, [cb], max_steps=3).fit(MultiLabel(), DataLoader(DomainData(96, 0), 8))
+    assert len(cb.measurements) == 2 and not cb.failures
+    m = cb.measurements[0]
+    assert m.class_statistics and m.class_sign.shape == (3, 3)
+    assert m.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert math.isfinite(m.summaries["sign"]["all"].within)
+
+
+def test_float_targets_without_loss_fn_are_refused_with_the_fix(tmp_path: Path) -> None:
+    train = _regression_data(48, None, 0)
+    with pytest.raises(MisconfigurationException, match=r"loss on its outputs fails.*loss_fn="):
+        trainer(tmp_path, [_callback(per_class=2)], max_steps=2).fit(Regressor(), DataLoader(train, 8))

@@ -188,22 +188,6 @@ def test_scalars_reach_every_logger(tmp_path: Path) -> None:
     assert load_measurements(tb.log_dir)  # saved under the first logger's log dir
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        (dict(splits=("test",)), "splits must be"),
-        (dict(per_class=0), "per_class"),
-        (dict(method="magic"), "method must be"),
-        (dict(every_n_steps=0), "every_n_steps"),
-        (dict(loss_thresholds=(float("nan"),)), "loss_thresholds"),
-        (dict(critical_length_pairs="odd"), "critical_length_pairs"),
-    ],
-)
-def test_bad_arguments(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        StiffnessCallback(**kwargs)
-
-
 def test_cost_share_is_reported(tmp_path: Path) -> None:
     cb = _cb()
     _fit(tmp_path, [cb], max_epochs=1)

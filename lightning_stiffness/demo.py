@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_stiffness import StiffnessCallback
+from lightning_stiffness.preprocessing import feature_statistics, standardize_to_unit_sphere
 
 
 def load_digits_dataset(name: str, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -45,9 +46,8 @@ def load_digits_dataset(name: str, seed: int = 0) -> tuple[TensorDataset, Tensor
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     x, y = x[order], y[order]
     n_train = int(0.8 * len(y))
-    mean, std = x[:n_train].mean(0), x[:n_train].std(0).clamp_min(1e-6)
-    x = (x - mean) / std
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    mean, std = feature_statistics(x[:n_train])
+    x = standardize_to_unit_sphere(x, mean, std)
     return TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:])
 
 

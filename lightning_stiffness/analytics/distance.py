@@ -17,6 +17,7 @@ from lightning_stiffness.analytics.stiffness import as_float
 from lightning_stiffness.gram.context import eval_mode
 from lightning_stiffness.gram.inputs import call_model
 from lightning_stiffness.gram.sharding import clean_name
+from lightning_stiffness.preprocessing import standardize_to_unit_sphere
 
 
 def preprocess_inputs(inputs: Tensor, *, standardize: bool = True) -> Tensor:
@@ -33,13 +34,7 @@ def preprocess_inputs(inputs: Tensor, *, standardize: bool = True) -> Tensor:
         ``(N, D)`` float tensor whose rows have L2 norm 1 (an all-zero row stays zero).
     """
     features = _flatten_examples(inputs, "inputs")
-    if standardize:
-        constant = features.amax(dim=0) == features.amin(dim=0)
-        centred = features - features.mean(dim=0, keepdim=True)
-        std = features.std(dim=0, correction=0)
-        std = torch.where(constant, torch.ones_like(std), std)
-        features = torch.where(constant, torch.zeros_like(centred), centred / std)
-    return _unit_rows(features)
+    return standardize_to_unit_sphere(features) if standardize else _unit_rows(features)
 
 
 def cosine_similarity_matrix(features: Tensor) -> Tensor:

@@ -32,10 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_stiffness.data import PermutedLabels
 from lightning_stiffness.experiments.models import default_text_model
-
-#: Floor of the per-pixel standard deviation (pixel values in [0, 1]): pixels that hardly ever
-#: vary in training (MNIST's borders) would otherwise blow up the rare image that inks them.
-MIN_STD = 0.05
+from lightning_stiffness.preprocessing import standardize_to_unit_sphere
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the original IDX ``.gz`` files.
 DEBIAN_FASHION_MNIST_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
@@ -60,21 +57,20 @@ HF_GLUE = "nyu-mll/glue"
 
 
 class StandardizeUnitNorm:
-    """The paper's input preprocessing as a transform: ``x ← (x − mean) / std`` per pixel (training
-    statistics), then ``x ← x / ‖x‖₂`` so every image lies on the unit sphere.
+    """The paper's input preprocessing as a transform of one image: ``x ← (x − mean) / std`` per
+    pixel (training statistics, std floored), then ``x ← x / ‖x‖₂`` so every image lies on the unit
+    sphere; :func:`lightning_stiffness.preprocessing.standardize_to_unit_sphere` of a batch of one.
 
     Args:
         mean, std: per-pixel statistics, shape of one image (e.g. ``(C, H, W)``).
-        min_std: floor of ``std``.
     """
 
-    def __init__(self, mean: Tensor, std: Tensor, min_std: float = MIN_STD) -> None:
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
         self.mean = mean.float()
-        self.std = std.float().clamp_min(min_std)
+        self.std = std.float()
 
     def __call__(self, x: Tensor) -> Tensor:
-        x = (x - self.mean) / self.std
-        return x / x.norm().clamp_min(1e-12)
+        return standardize_to_unit_sphere(x.unsqueeze(0), self.mean, self.std)[0]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={tuple(self.mean.shape)})"

@@ -2,7 +2,7 @@
 
 Fort et al. 2019 measure stiffness against the cosine similarity of the (preprocessed) inputs
 and of every layer's representation (v1 §2.3, Eq. 9), v3 against the cosine distance
-``1 − cos`` in input space (paper.md §1.6).
+``1 − cos`` in input space (docs/concepts.md "Distances").
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from lightning_stiffness.preprocessing import standardize_to_unit_sphere
 
 
 def preprocess_inputs(inputs: Tensor, *, standardize: bool = True) -> Tensor:
-    """The paper's input preprocessing (paper.md §1.6): zero mean and unit variance per
+    """The paper's input preprocessing (:mod:`lightning_stiffness.preprocessing`): zero mean and unit variance per
     feature, then unit length per example (v1 §2.3 "zero mean and unit length"; v3 "normalised
     to the unit sphere").
 
@@ -59,7 +59,7 @@ def cosine_similarity_matrix(features: Tensor) -> Tensor:
 
 def cosine_distance_matrix(features: Tensor) -> Tensor:
     """Cosine distance ``1 − R1 · R2 / (|R1| |R2|)`` of every pair of rows (v3 input-space
-    distance, paper.md §1.6; ``1 −`` v1 Eq. 9), in ``[0, 2]``; see :func:`cosine_similarity_matrix`.
+    distance; ``1 −`` v1 Eq. 9), in ``[0, 2]``; see :func:`cosine_similarity_matrix`.
     """
     return 1.0 - cosine_similarity_matrix(features)
 
@@ -67,7 +67,7 @@ def cosine_distance_matrix(features: Tensor) -> Tensor:
 def input_distances(inputs: Tensor) -> Tensor:
     """v3 input-space distance: :func:`cosine_distance_matrix` of :func:`preprocess_inputs`.
 
-    For unit-length rows this is ``½ |X1 − X2|²`` (paper.md §1.6).
+    For unit-length rows this is ``½ |X1 − X2|²`` (docs/concepts.md "Distances").
     """
     return cosine_distance_matrix(preprocess_inputs(inputs))
 

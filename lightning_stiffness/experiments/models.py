@@ -1,4 +1,4 @@
-"""The paper's architectures (paper.md §2.2), all without batch normalisation.
+"""The paper's architectures (Fort et al. 2019, v1 and v3 experimental setup), all without batch normalisation.
 
 * v1 FC: ``X → 400 → 200⁵ → y`` (:data:`FC_V1_HIDDEN`); v3 FC: ``X → 500 → 300 → 100 → y``
   (:data:`FC_V3_HIDDEN`); ReLU between layers (:func:`fully_connected`).

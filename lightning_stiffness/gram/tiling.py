@@ -1,4 +1,4 @@
-"""Memory-bounded accumulation of Gram blocks (anchors.md §6.3).
+"""Memory-bounded accumulation of Gram blocks (docs/performance.md "How the Gram is computed").
 
 Every routine adds into a preallocated ``(N, N)`` accumulator and touches at most about
 ``memory_budget`` bytes of temporaries, so the peak is the probe's activations plus one tile.

@@ -1,4 +1,4 @@
-"""The paper's checkable claims (paper.md §2.5) evaluated on saved runs.
+"""The paper's checkable claims (Fort et al. 2019, v1 and v3; listed in docs/reproducing.md) evaluated on saved runs.
 
 Each check returns ``holds``, ``does not hold`` or ``not measurable`` with the numbers behind
 the verdict. The two learning-rate claims (v1: more between-class stiffness and larger stiff

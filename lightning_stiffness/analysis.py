@@ -26,6 +26,8 @@ from lightning_stiffness.analytics import (
 )
 from lightning_stiffness.measurement import Measurement
 
+__all__ = ["AnalysisConfig", "add_distance_analysis", "analyze", "scalar_metrics", "stiffness_matrices"]
+
 PAIR_KINDS = ("within", "between", "all")
 ESTIMATORS = ("zero_crossing", "linear_fit")
 

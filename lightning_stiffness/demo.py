@@ -26,6 +26,8 @@ from lightning_stiffness import StiffnessCallback
 from lightning_stiffness.experiments.lit import StiffnessClassifier
 from lightning_stiffness.preprocessing import feature_statistics, standardize_to_unit_sphere
 
+__all__ = ["demo_model", "load_digits_dataset", "main", "run_demo"]
+
 
 def load_digits_dataset(name: str, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
     """Real digits from a dependency, shuffled and split 80/20, preprocessed as in the paper."""

@@ -26,6 +26,22 @@ from torch import Tensor
 from lightning_stiffness.analytics import BinnedCurve, CriticalLength, StiffnessSummary, SuperclassStats
 from lightning_stiffness.analytics.critical_length import CENSORED, EXTRAPOLATED, MEASURED, UNDEFINED
 
+__all__ = [
+    "FORMAT_VERSION",
+    "Measurement",
+    "MeasurementFormatError",
+    "MeasurementFormatWarning",
+    "NewerFormatError",
+    "atomic_write",
+    "load_measurement",
+    "load_measurements",
+    "measurement_filename",
+    "result_key",
+    "save_measurement",
+    "split_key",
+    "write_text_atomic",
+]
+
 #: Version of the on-disk format written by :func:`save_measurement`. A reader loads every file of
 #: its own major version (fields it does not know are set aside with a warning, missing optional
 #: fields take their defaults) and refuses a newer major version.

@@ -24,6 +24,15 @@ from torch import Tensor
 
 from lightning_stiffness.analytics.stiffness import accumulation_dtype, as_float, pair_mask, square_matrix
 
+__all__ = [
+    "BinnedCurve",
+    "CriticalLength",
+    "binned_curve",
+    "critical_length",
+    "linear_fit_length",
+    "zero_crossing_length",
+]
+
 METHODS = ("zero_crossing", "linear_fit")
 
 #: ``CriticalLength.status`` values.

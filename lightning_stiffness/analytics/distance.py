@@ -19,6 +19,14 @@ from lightning_stiffness.gram.inputs import call_model
 from lightning_stiffness.gram.sharding import clean_name
 from lightning_stiffness.preprocessing import standardize_to_unit_sphere
 
+__all__ = [
+    "capture_representations",
+    "cosine_distance_matrix",
+    "cosine_similarity_matrix",
+    "input_distances",
+    "preprocess_inputs",
+]
+
 
 def preprocess_inputs(inputs: Tensor, *, standardize: bool = True) -> Tensor:
     """The paper's input preprocessing (:mod:`lightning_stiffness.preprocessing`): zero mean and unit variance per

@@ -16,6 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = [
+    "StiffnessSummary",
+    "class_stiffness_matrix",
+    "cosine_matrix",
+    "gradient_diversity",
+    "m_coherence",
+    "pair_mask",
+    "sign_matrix",
+    "split_block_summaries",
+    "summarize",
+    "zero_gradient_mask",
+]
+
 PAIR_KINDS = ("within", "between", "all")
 
 

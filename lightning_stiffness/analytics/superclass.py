@@ -17,6 +17,8 @@ from torch import Tensor
 
 from lightning_stiffness.analytics.stiffness import accumulation_dtype, square_matrix
 
+__all__ = ["SuperclassStats", "reorder_by_superclass", "superclass_stats"]
+
 #: Elements of the ``(permutations, C, C)`` masks built at once.
 _CHUNK_ELEMENTS = 2**22
 

@@ -34,6 +34,18 @@ from lightning_stiffness.data import PermutedLabels
 from lightning_stiffness.experiments.models import default_text_model
 from lightning_stiffness.preprocessing import standardize_to_unit_sphere
 
+__all__ = [
+    "CIFAR100_COARSE_OF_FINE",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "FashionMNISTDataModule",
+    "ImageDataModule",
+    "MNISTDataModule",
+    "MNLIDataModule",
+    "StandardizeUnitNorm",
+    "pixel_statistics",
+]
+
 #: Where Debian's ``dataset-fashion-mnist`` package puts the original IDX ``.gz`` files.
 DEBIAN_FASHION_MNIST_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
 

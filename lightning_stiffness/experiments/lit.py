@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from lightning_stiffness.experiments.models import Arch, build_model, default_text_model
 
+__all__ = ["SequenceClassifier", "StiffnessClassifier"]
+
 
 class StiffnessClassifier(L.LightningModule):
     """An image classifier with one of the paper's architectures, trained with Adam at a constant

@@ -22,6 +22,19 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+__all__ = [
+    "ARCHITECTURES",
+    "CNN_V1_CHANNELS",
+    "CNN_V3_CHANNELS",
+    "FC_V1_HIDDEN",
+    "FC_V3_HIDDEN",
+    "PaperCNN",
+    "ResNet20",
+    "build_model",
+    "fully_connected",
+    "representation_layers",
+]
+
 #: v1 fully connected network: one hidden layer of 400, then five of 200.
 FC_V1_HIDDEN: tuple[int, ...] = (400, 200, 200, 200, 200, 200)
 #: v3 fully connected network.

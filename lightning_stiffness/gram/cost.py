@@ -22,6 +22,8 @@ from typing import Literal
 
 from lightning_stiffness.gram.factors import IndexFactor, KroneckerTerm
 
+__all__: list[str] = []  # internal to the package: no public names
+
 Strategy = Literal["ghost", "materialize"]
 
 #: Bytes per element assumed by the memory estimates (float32 accumulation).

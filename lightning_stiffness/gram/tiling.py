@@ -14,6 +14,8 @@ from torch import Tensor
 from lightning_stiffness.gram.cost import BYTES
 from lightning_stiffness.gram.factors import KroneckerTerm, ghost_block, materialize
 
+__all__: list[str] = []  # internal to the package: no public names
+
 
 def tile_size(n: int, bytes_per_row: float, memory_budget: float, *, squared: bool = False) -> int:
     """Largest number of example rows per tile so that a tile fits ``memory_budget``.

@@ -16,6 +16,8 @@ from lightning_stiffness.analytics import CriticalLength
 from lightning_stiffness.report.plots import at_epoch_end, at_loss_threshold, loss_thresholds, overfitting_onset
 from lightning_stiffness.report.runs import Run
 
+__all__ = ["ClaimResult", "check_claims", "claims_markdown"]
+
 HOLDS, FAILS, UNMEASURABLE = "holds", "does not hold", "not measurable"
 
 

@@ -1,5 +1,5 @@
 """From a Gram to a :class:`~lightning_stiffness.measurement.Measurement`: the stiffness
-analytics of paper §1 applied to one probe, all cheap functions of G, the labels and distances."""
+analytics of docs/concepts.md applied to one probe, all cheap functions of G, the labels and distances."""
 
 from __future__ import annotations
 

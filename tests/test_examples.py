@@ -207,7 +207,7 @@ def _offline_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ("arch", "shape", "classes", "params"),
     [
         ("fc_v1", (1, 28, 28), 10, 557_010),  # 784·400+400 + 200·400+200 + 4·(200²+200) + 200·10+10
-        ("fc_v3", (1, 28, 28), 10, 573_910),  # paper.md: "≈0.57M"
+        ("fc_v3", (1, 28, 28), 10, 573_910),  # v3 FC: ≈0.57M parameters
         ("cnn_v1", (1, 28, 28), 10, 390_410),
         ("cnn_v3", (3, 32, 32), 10, 19_466),
         ("resnet20", (3, 32, 32), 10, 271_690),  # Keras ResNet20v1: 274,442 − 2,752 batch-norm parameters

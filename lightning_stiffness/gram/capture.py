@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+__all__: list[str] = []  # internal to the package: no public names
+
 #: How the autograd graph refers to a tensor (see :func:`graph_key`).
 GraphKey = Hashable
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+__all__ = ["LossFn"]
+
 LossFn = Callable[[Any, Tensor], Tensor]
 
 

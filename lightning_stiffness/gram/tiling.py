@@ -1,4 +1,4 @@
-"""Memory-bounded accumulation of Gram blocks (anchors.md §6.3).
+"""Memory-bounded accumulation of Gram blocks (docs/performance.md "How the Gram is computed").
 
 Every routine adds into a preallocated ``(N, N)`` accumulator and touches at most about
 ``memory_budget`` bytes of temporaries, so the peak is the probe's activations plus one tile.
@@ -13,6 +13,8 @@ from torch import Tensor
 
 from lightning_stiffness.gram.cost import BYTES
 from lightning_stiffness.gram.factors import KroneckerTerm, ghost_block, materialize
+
+__all__: list[str] = []  # internal to the package: no public names
 
 
 def tile_size(n: int, bytes_per_row: float, memory_budget: float, *, squared: bool = False) -> int:

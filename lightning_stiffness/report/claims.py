@@ -1,4 +1,4 @@
-"""The paper's checkable claims (paper.md §2.5) evaluated on saved runs.
+"""The paper's checkable claims (Fort et al. 2019, v1 and v3; listed in docs/reproducing.md) evaluated on saved runs.
 
 Each check returns ``holds``, ``does not hold`` or ``not measurable`` with the numbers behind
 the verdict. The two learning-rate claims (v1: more between-class stiffness and larger stiff
@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from lightning_stiffness.analytics import CriticalLength
 from lightning_stiffness.report.plots import at_epoch_end, at_loss_threshold, loss_thresholds, overfitting_onset
 from lightning_stiffness.report.runs import Run
+
+__all__ = ["ClaimResult", "check_claims", "claims_markdown"]
 
 HOLDS, FAILS, UNMEASURABLE = "holds", "does not hold", "not measurable"
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from lightning_stiffness.measurement import Measurement, load_measurements
 
+__all__ = ["Run", "find_run_dirs", "load_run", "load_runs"]
+
 
 @dataclass
 class Run:

@@ -22,6 +22,16 @@ from torch import Tensor, nn
 
 from lightning_stiffness.gram.factors import KroneckerTerm
 
+__all__ = [
+    "LayerRule",
+    "PerExampleGrad",
+    "find_rule",
+    "register_rule",
+    "register_rule_by_name",
+    "registered_names",
+    "registered_types",
+]
+
 PerExampleGrad = list[KroneckerTerm] | Tensor
 
 

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.factors import DenseFactor, IndexFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 
+__all__ = ["EmbeddingRule"]
+
 
 @register_rule(nn.Embedding)
 class EmbeddingRule(LayerRule):

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.factors import DenseFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 
+__all__ = ["LinearRule"]
+
 
 @register_rule(nn.Linear)
 class LinearRule(LayerRule):

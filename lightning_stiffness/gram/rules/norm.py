@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 
+__all__ = ["BatchNormEvalRule", "GroupNormRule", "LayerNormRule"]
+
 
 def _affine_grads(
     module: nn.Module, normed: Tensor, grad_out: Tensor, feature_dims: list[int]

@@ -60,6 +60,8 @@ from lightning_stiffness.settings import (
 from lightning_stiffness.strategies import ProbeTarget, probe_target, strategy_problem
 from lightning_stiffness.structure import CallPlan, ProbeStructureError, find_call_plan
 
+__all__ = ["StiffnessCallback"]
+
 #: Relative error above which the first-measurement cross-check warns (float32 Grams agree to ~1e-6).
 VERIFY_TOLERANCE = 1e-3
 

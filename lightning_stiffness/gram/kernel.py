@@ -6,6 +6,11 @@ backprop) pairs; a parameter used several times (tied weights, a module called t
 its uses *before* the Gram, so cross terms ``⟨g^u_n, g^v_m⟩`` are kept. Every other parameter
 — no rule, used functionally outside its module, wrong example axis — goes to an exact
 fallback (``vmap``, then the per-example loop) restricted to those parameters.
+
+The example axis of every hooked call comes from the data, not from sizes: before the capture
+pass one forward runs on the first example alone (:func:`other_batch`), recording only shapes; the axis whose size follows the number of examples
+is the example axis (``capture.example_axis``). A call with no such axis — its rows are shared
+by all examples — sends its module's parameters to the fallback, with a warning that names it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_stiffness.gram.capture import GraphKey, capture_calls, count_parameter_uses, graph_key
+from lightning_stiffness.gram.capture import (
+    CallShapes,
+    GraphKey,
+    capture_calls,
+    count_parameter_uses,
+    graph_key,
+    record_shapes,
+    resolve_example_axes,
+)
 from lightning_stiffness.gram.cost import choose_strategy
 from lightning_stiffness.gram.factors import KroneckerTerm, materialize
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses
@@ -94,8 +107,13 @@ def kernel_gram(
     for owner_attrs in owners.values():
         for m, attr in owner_attrs:
             attributes[m].add(attr)
+    other = other_batch(batch)
+    other_shapes = trace_shapes(model, hooked, other) if other is not None else {}
     with capture_calls(hooked, batch.n, attributes) as record:
         outputs = call_model(model, batch.inputs)
+    if other is not None:
+        movable = {name: getattr(find_rule(m), "example_axis_movable", False) for name, m in hooked.items()}
+        resolve_example_axes(record, other_shapes, batch.n, other.n, movable)
     losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
     uses = count_parameter_uses(losses.sum())
 
@@ -176,19 +194,39 @@ def rows_gram_with_fallback(
         return "loop"
 
 
+def other_batch(batch: ProbeBatch) -> ProbeBatch | None:
+    """The batch of the shape-only trace: the first example alone (the cheapest forward), or
+    ``None`` when ``N = 1`` — then every position of a call belongs to the one example."""
+    return batch.rows(0, 1) if batch.n > 1 else None
+
+
+def trace_shapes(model: nn.Module, hooked: dict[str, nn.Module], batch: ProbeBatch) -> dict[str, CallShapes] | str:
+    """Input and output shapes of every call of ``hooked`` in a forward over ``batch`` (grad mode
+    as in the capture pass, so the same code paths run), or why that forward failed."""
+    with record_shapes(hooked) as shapes:
+        try:
+            call_model(model, batch.inputs)
+        except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as err:
+            return f"the forward with N={batch.n} example(s) that locates it failed ({type(err).__name__}: {err})"
+    return shapes
+
+
 def _module_grads(
     module: nn.Module, calls: list, backprops: dict[int, Tensor], dtype: torch.dtype
 ) -> list[dict[str, PerExampleGrad]]:
     """The layer rule's per-example gradients for every call of ``module`` that reached the loss."""
     rule = find_rule(module)
     assert rule is not None
-    return [
-        rule.per_example_grads(
-            module, call.inp.to(dtype) if call.inp.is_floating_point() else call.inp, backprops[id(call.z)].to(dtype)
-        )
-        for call in calls
-        if id(call.z) in backprops
-    ]
+    grads = []
+    for call in calls:
+        if id(call.z) not in backprops:
+            continue
+        axis = call.axis
+        assert axis is not None, "a covered module has a call whose example axis was not resolved"
+        inp = call.inp.to(dtype) if call.inp.is_floating_point() else call.inp
+        grad_out = backprops[id(call.z)].to(dtype)
+        grads.append(rule.per_example_grads(module, inp.movedim(axis, 0), grad_out.movedim(axis, 0)))
+    return grads
 
 
 def _add_parameter_gram(out: Tensor, parts: list[PerExampleGrad], memory_budget: float, strategy: LayerStrategy) -> str:

@@ -8,9 +8,12 @@ its uses *before* the Gram, so cross terms ``⟨g^u_n, g^v_m⟩`` are kept. Ever
 fallback (``vmap``, then the per-example loop) restricted to those parameters.
 
 The example axis of every hooked call comes from the data, not from sizes: before the capture
-pass one forward runs on the first example alone (:func:`other_batch`), recording only shapes; the axis whose size follows the number of examples
-is the example axis (``capture.example_axis``). A call with no such axis — its rows are shared
-by all examples — sends its module's parameters to the fallback, with a warning that names it.
+pass one forward runs on the first example alone (:func:`other_batch`), recording only shapes;
+the axis whose size follows the number of examples is the example axis
+(``capture.example_axis``). A call with no such axis — its rows are shared by all examples —
+sends its module's parameters to the fallback, with a warning that names it; a call whose
+examples are on another axis than the first (time-first layers) has it moved to the front when
+its rule allows (``LayerRule.example_axis_movable``), else it falls back too.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ its uses *before* the Gram, so cross terms ``⟨g^u_n, g^v_m⟩`` are kept. Ever
 — no rule, used functionally outside its module, wrong example axis — goes to an exact
 fallback (``vmap``, then the per-example loop) restricted to those parameters.
 
-The example axis of every hooked call comes from the data, not from sizes: before the capture
+The example axis of every hooked call comes from the data, not from sizes: after the capture
 pass one forward runs on the first example alone (:func:`other_batch`), recording only shapes;
 the axis whose size follows the number of examples is the example axis
 (``capture.example_axis``). A call with no such axis — its rows are shared by all examples —
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from lightning_stiffness.gram.capture import (
     CallShapes,
+    CaptureRecord,
     GraphKey,
     capture_calls,
     count_parameter_uses,
@@ -110,29 +111,24 @@ def kernel_gram(
     for owner_attrs in owners.values():
         for m, attr in owner_attrs:
             attributes[m].add(attr)
-    other = other_batch(batch)
-    other_shapes = trace_shapes(model, hooked, other) if other is not None else {}
     with capture_calls(hooked, batch.n, attributes) as record:
         outputs = call_model(model, batch.inputs)
-    if other is not None:
-        movable = {name: getattr(find_rule(m), "example_axis_movable", False) for name, m in hooked.items()}
-        resolve_example_axes(record, other_shapes, batch.n, other.n, movable)
     losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
     uses = count_parameter_uses(losses.sum())
 
-    covered: dict[str, list[tuple[str, str]]] = {}
-    fallback: dict[str, str] = {}
-    for pname, p in params.items():
-        reason = _coverage_problem(p, owners[pname], modules, hooked, record.calls, record.problems, uses)
-        if reason is None:
-            covered[pname] = owners[pname]
-        elif reason != "unused":
-            fallback[pname] = reason
-
+    covered, _ = _coverage(params, owners, modules, hooked, record, uses)
     calls_needed = {m for pname in covered for m, _ in covered[pname]}
     zs = [c.z for m in sorted(calls_needed) for c in record.calls[m] if uses[graph_key(c.z)] > 0]
     backprops = dict(zip(map(id, zs), torch.autograd.grad(losses.sum(), zs))) if zs else {}
     del outputs, losses
+
+    # The shape trace runs after the backward: FSDP2 plans its backward prefetches from the order
+    # of the forwards before it, and ranks whose backward stops at different layers must agree.
+    other = other_batch(batch)
+    if other is not None:
+        movable = {name: getattr(find_rule(m), "example_axis_movable", False) for name, m in hooked.items()}
+        resolve_example_axes(record, trace_shapes(model, hooked, other), batch.n, other.n, movable)
+    covered, fallback = _coverage(params, owners, modules, hooked, record, uses)
 
     # Rule outputs are computed once per module and freed after its last parameter (unfolded
     # conv patches are large), so at most one layer's per-example factors are alive at a time.
@@ -264,6 +260,27 @@ def _owners(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, list
                 seen.add((id(module), attr))
                 owners[by_id[id(p)]].append((mname, attr))
     return owners
+
+
+def _coverage(
+    params: dict[str, nn.Parameter],
+    owners: dict[str, list[tuple[str, str]]],
+    modules: dict[str, nn.Module],
+    hooked: dict[str, nn.Module],
+    record: CaptureRecord,
+    uses: dict[GraphKey, int],
+) -> tuple[dict[str, list[tuple[str, str]]], dict[str, str]]:
+    """Split ``params`` into those the captured calls cover (→ their owners) and those that
+    need the fallback (→ why); unused parameters are in neither."""
+    covered: dict[str, list[tuple[str, str]]] = {}
+    fallback: dict[str, str] = {}
+    for pname, p in params.items():
+        reason = _coverage_problem(p, owners[pname], modules, hooked, record.calls, record.problems, uses)
+        if reason is None:
+            covered[pname] = owners[pname]
+        elif reason != "unused":
+            fallback[pname] = reason
+    return covered, fallback
 
 
 def _coverage_problem(

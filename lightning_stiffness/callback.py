@@ -91,8 +91,8 @@ class StiffnessCallback(Callback):
         save_dir: where measurements are saved (default ``<trainer.log_dir>/stiffness``).
         verify: at the first measurement, recompute the Gram of this many probe examples with
             plain per-example autograd (``method="loop"``) and warn if the fast Gram disagrees —
-            a model that mixes examples in its forward, or feeds a layer time-first input, is
-            caught there (0: skip). The result is in ``verification``.
+            a model that mixes examples in its forward (e.g. adds a batch mean) is caught there
+            (0: skip). The result is in ``verification``.
 
     Example:
         >>> import torch, lightning as L
@@ -460,7 +460,7 @@ class StiffnessCallback(Callback):
             rank_zero_warn(
                 f"StiffnessCallback: the Gram of the first {k} probe examples differs from plain per-example "
                 f"autograd by {error:.2e} (relative). The model's forward probably mixes examples (e.g. BatchNorm "
-                "without running statistics, a layer fed time-first input) — per-example gradients and all "
+                "without running statistics, a batch mean added to every example) — per-example gradients and all "
                 "stiffness values are unreliable. Check the model, or pass method='loop'."
             )
 

@@ -202,7 +202,8 @@ def other_batch(batch: ProbeBatch) -> ProbeBatch | None:
 def trace_shapes(model: nn.Module, hooked: dict[str, nn.Module], batch: ProbeBatch) -> dict[str, CallShapes] | str:
     """Input and output shapes of every call of ``hooked`` in a forward over ``batch`` (grad mode
     as in the capture pass, so the same code paths run), or why that forward failed."""
-    with record_shapes(hooked) as shapes:
+    # eager, also inside torch.compile'd submodules: a recompiled graph did not always run the hooks
+    with record_shapes(hooked) as shapes, torch.compiler.set_stance("force_eager"):
         try:
             call_model(model, batch.inputs)
         except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as err:

@@ -124,14 +124,14 @@ PRODUCT_CHUNK = 4096
 
 
 def inner_products(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ bᵀ`` (rows are per-example gradients), accurate to float32 rounding of the inputs
-    however many columns there are.
+    """``a @ bᵀ`` (rows are per-example gradients) with a rounding error that does not grow with
+    the number of columns.
 
     One float32 GEMM over ``P`` columns accumulates rounding error that grows with ``P`` (about
     5e-4 relative for the 11M parameters of a ResNet-18). Here ``a bᵀ = Σ_c a_c b_cᵀ`` over column
     chunks ``c`` of :data:`PRODUCT_CHUNK`: each partial product is a float32 GEMM over a few
     thousand columns, and the partial products are summed in float64 (1.6e-7 on the ResNet-18, at
-    the speed of the single GEMM). Float64 inputs are multiplied directly."""
+    about the speed of the single GEMM). Float64 inputs are multiplied directly."""
     if a.dtype == torch.float64 or a.shape[1] <= PRODUCT_CHUNK:
         return a @ b.T
     wide = torch.float32 if a.device.type == "mps" else torch.float64  # MPS has no float64

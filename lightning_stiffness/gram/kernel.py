@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -202,13 +203,19 @@ def other_batch(batch: ProbeBatch) -> ProbeBatch | None:
 def trace_shapes(model: nn.Module, hooked: dict[str, nn.Module], batch: ProbeBatch) -> dict[str, CallShapes] | str:
     """Input and output shapes of every call of ``hooked`` in a forward over ``batch`` (grad mode
     as in the capture pass, so the same code paths run), or why that forward failed."""
-    # eager, also inside torch.compile'd submodules: a recompiled graph did not always run the hooks
-    with record_shapes(hooked) as shapes, torch.compiler.set_stance("force_eager"):
+    with record_shapes(hooked) as shapes, _eager():
         try:
             call_model(model, batch.inputs)
         except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as err:
             return f"the forward with N={batch.n} example(s) that locates it failed ({type(err).__name__}: {err})"
     return shapes
+
+
+def _eager() -> AbstractContextManager[Any]:
+    """Run ``torch.compile``'d submodules eagerly (a recompiled graph did not always run the
+    shape hooks); ``torch.compiler.set_stance`` exists from torch 2.6."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
 
 
 def _module_grads(

@@ -542,7 +542,7 @@ class StiffnessCallback(Callback):
             rank_zero_warn(
                 f"StiffnessCallback: the Gram of the first {k} probe examples differs from plain per-example "
                 f"autograd by {error:.2e} (relative). The model's forward probably mixes examples (e.g. BatchNorm "
-                "without running statistics, a layer fed time-first input) — per-example gradients and all "
+                "without running statistics, a batch mean added to every example) — per-example gradients and all "
                 "stiffness values are unreliable. Check the model, or pass method='loop'."
             )
 

@@ -130,8 +130,10 @@ class GramSettings:
         module_attr: measure this submodule of the LightningModule (e.g. ``"model"``) instead of
             the module itself.
         verify: at the first measurement, recompute the Gram of this many probe examples with
-            plain per-example autograd (``method="loop"``) and warn if the fast Gram disagrees
-            (0: skip).
+            plain per-example autograd (``method="loop"``) and warn if the fast Gram disagrees by
+            more than 1e-3 (relative): a forward that mixes examples (e.g. adds a batch mean to
+            every example) is caught there. The outcome is in ``callback.verification``
+            (``examples``, ``relative_error``, ``ok``); 0 skips it.
     """
 
     method: str = "auto"

@@ -17,6 +17,8 @@ __all__ = ["EmbeddingRule"]
 
 @register_rule(nn.Embedding)
 class EmbeddingRule(LayerRule):
+    example_axis_movable = True
+
     def unsupported_reason(self, module: nn.Module) -> str | None:
         if getattr(module, "scale_grad_by_freq", False):
             return "scale_grad_by_freq scales gradients by token counts of the whole batch"

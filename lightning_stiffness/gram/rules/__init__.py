@@ -1,6 +1,16 @@
 """Layer rules for the kernel engine; importing this package registers all of them."""
 
-from lightning_stiffness.gram.rules import conv, embedding, linear, norm  # noqa: F401  (registration)
+from lightning_stiffness.gram.rules import (  # noqa: F401  (registration)
+    conv,
+    conv_transpose,
+    embedding,
+    instance_norm,
+    linear,
+    norm,
+    norm2d,
+    prelu,
+    timm_norm,
+)
 from lightning_stiffness.gram.rules.base import (
     LayerRule,
     PerExampleGrad,

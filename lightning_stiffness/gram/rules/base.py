@@ -15,6 +15,7 @@ Adding a layer type is one new file with a subclass of :class:`LayerRule` decora
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -62,9 +63,27 @@ def register_rule(*module_types: type[nn.Module]) -> Callable[[R], R]:
     return decorate
 
 
+_PENDING: dict[str, list[Callable[[], None]]] = {}
+
+
+def register_when_imported(package: str, register: Callable[[], None]) -> None:
+    """Run ``register`` (which imports third-party classes and registers rules for them) once
+    ``package`` has been imported by someone else: a model built with timm has imported timm
+    before its Gram is measured, and lightning-stiffness never imports the library itself."""
+    _PENDING.setdefault(package, []).append(register)
+    _register_pending()
+
+
+def _register_pending() -> None:
+    for package in [p for p in _PENDING if p in sys.modules]:
+        for register in _PENDING.pop(package):
+            register()
+
+
 def find_rule(module: nn.Module) -> LayerRule | None:
     """The rule registered for ``module``'s class or the nearest base class whose ``forward``
     it still uses; ``None`` when no rule applies (the engine then falls back to vmap)."""
+    _register_pending()
     cls = type(module)
     for base in cls.__mro__:
         rule = _REGISTRY.get(base)
@@ -75,4 +94,5 @@ def find_rule(module: nn.Module) -> LayerRule | None:
 
 def registered_types() -> list[type[nn.Module]]:
     """Module types with a registered rule (for documentation and error messages)."""
+    _register_pending()
     return list(_REGISTRY)

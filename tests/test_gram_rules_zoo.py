@@ -1,0 +1,121 @@
+"""Layer rules for the layers of common torchvision, timm and Hugging Face models.
+
+Each layer type sits in a tiny float64 model; the kernel Gram must equal an independent float64
+per-example ``torch.autograd.grad`` loop to 1e-5 (relative Frobenius), and no parameter of the
+layer may take the fallback (``strategies`` and no fallback warning).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_stiffness.gram import GramResult, per_example_gram_blocks
+from tests.conftest import independent_gram, rel_err
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TOL = 1e-5
+
+
+def kernel_result(model: nn.Module, x: Any, y: Tensor, **kwargs: Any) -> GramResult:
+    """The kernel Gram, failing on any RuntimeWarning (a fallback or a non-finite result)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        return per_example_gram_blocks(model, x, y, method="kernel", **kwargs)
+
+
+def assert_exact_no_fallback(model: nn.Module, x: Tensor, n_classes: int = 3, seed: int = 0) -> GramResult:
+    """Kernel Gram == independent float64 loop, with no parameter on the fallback."""
+    model = model.double()
+    y = torch.randint(0, n_classes, (x.shape[0],), generator=torch.Generator().manual_seed(seed))
+    result = kernel_result(model, x, y)
+    fallback = {k: v for k, v in result.strategies.items() if v.startswith("fallback")}
+    assert not fallback, fallback
+    assert set(result.strategies) == {k for k, p in model.named_parameters() if p.requires_grad}
+    ref = independent_gram(model, x, y)
+    assert ref.abs().max() > 1e-8
+    err = rel_err(result.gram, ref)
+    assert err <= TOL, err
+    return result
+
+
+def head(layer: nn.Module, x: Tensor, n_classes: int = 3) -> nn.Sequential:
+    """``layer`` then a head whose backprop differs at every output position."""
+    with torch.no_grad():
+        width = layer.double()(x).reshape(x.shape[0], -1).shape[1]
+    return nn.Sequential(layer, nn.Tanh(), nn.Flatten(), nn.Linear(width, n_classes))
+
+
+def randomize(module: nn.Module) -> nn.Module:
+    """Non-trivial affine parameters and running statistics (defaults are 1/0)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(-1.5, 1.5)
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.uniform_(-0.5, 0.5)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    return module
+
+
+def x64(*shape: int, seed: int = 0) -> Tensor:
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (lambda: nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1, output_padding=1), (4, 2, 5)),
+        (lambda: nn.ConvTranspose2d(4, 6, (2, 3), stride=(2, 1), dilation=(1, 2), groups=2), (3, 4, 3, 4)),
+        (lambda: nn.ConvTranspose3d(2, 2, 2, stride=2, bias=False), (3, 2, 2, 3, 2)),
+        (lambda: nn.PReLU(), (4, 3, 5)),
+        (lambda: nn.PReLU(3), (4, 3, 2, 2)),
+        (lambda: nn.InstanceNorm1d(3, affine=True), (4, 3, 5)),
+        (lambda: nn.InstanceNorm2d(3, affine=True, track_running_stats=True), (4, 3, 3, 3)),
+        (lambda: nn.InstanceNorm3d(2, affine=True), (3, 2, 2, 3, 2)),
+    ],
+    ids=["convT1d", "convT2d-groups", "convT3d", "prelu", "prelu-channels", "inorm1d", "inorm2d-running", "inorm3d"],
+)
+def test_torch_layer(layer: Any, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    module = randomize(layer())
+    x = x64(*shape)
+    assert_exact_no_fallback(head(module, x), x)
+
+
+def timm_norm_layers() -> list[tuple[str, Any, tuple[int, ...]]]:
+    from timm.layers import norm, norm_act
+
+    return [
+        ("LayerNorm2d", lambda: norm.LayerNorm2d(3), (4, 3, 2, 3)),
+        ("LayerNorm", lambda: norm.LayerNorm(5), (4, 3, 5)),
+        ("GroupNorm", lambda: norm.GroupNorm(4, num_groups=2), (4, 4, 3)),
+        ("BatchNormAct2d-relu", lambda: norm_act.BatchNormAct2d(3), (4, 3, 2, 3)),
+        ("BatchNormAct2d-silu", lambda: norm_act.BatchNormAct2d(3, act_layer=nn.SiLU), (4, 3, 2, 3)),
+        ("GroupNormAct-gelu", lambda: norm_act.GroupNormAct(4, num_groups=2, act_layer=nn.GELU), (4, 4, 3, 2)),
+        ("GroupNorm1Act", lambda: norm_act.GroupNorm1Act(4, act_layer=nn.Hardswish), (4, 4, 3)),
+        ("LayerNormAct", lambda: norm_act.LayerNormAct(5, act_layer=nn.Tanh), (4, 3, 5)),
+        ("LayerNormAct2d", lambda: norm_act.LayerNormAct2d(3), (4, 3, 2, 3)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_timm_norm_layer(index: int) -> None:
+    pytest.importorskip("timm")
+    _, layer, shape = timm_norm_layers()[index]
+    torch.manual_seed(index)
+    x = x64(*shape, seed=index)
+    assert_exact_no_fallback(head(randomize(layer()), x), x)
+
+
+def test_torchvision_layer_norm_2d() -> None:
+    from torchvision.models.convnext import LayerNorm2d
+
+    x = x64(4, 3, 2, 3)
+    assert_exact_no_fallback(head(randomize(LayerNorm2d(3)), x), x)

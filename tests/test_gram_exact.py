@@ -32,10 +32,9 @@ CONFIGS = [
 EXPECTED_FALLBACK: dict[str, set[str]] = {
     "functional_tied": {"emb.weight"},
     "attention": {"attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias"},
-    "raw_param": {"scale"},
 }
 #: What the fallback warning must name for those models.
-FALLBACK_WARNING_NAMES = {"functional_tied": "emb", "attention": "attn", "raw_param": "RawParam"}
+FALLBACK_WARNING_NAMES = {"functional_tied": "emb", "attention": "attn"}
 
 KRONECKER_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 

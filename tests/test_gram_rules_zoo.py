@@ -119,3 +119,53 @@ def test_torchvision_layer_norm_2d() -> None:
 
     x = x64(4, 3, 2, 3)
     assert_exact_no_fallback(head(randomize(LayerNorm2d(3)), x), x)
+
+
+class Tokens(nn.Module):
+    """ViT-style stem: class token expanded and concatenated, position embedding added, layer scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 4))
+        self.pos_embed = nn.Parameter(torch.randn(1, 6, 4))
+        self.gamma = nn.Parameter(torch.randn(4))
+        self.scale = nn.Parameter(torch.randn(4, 1))
+        self.head = nn.Linear(4 * 6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.proj(x)
+        h = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), h], dim=1)
+        h = torch.tanh(h + self.pos_embed)
+        h = h * self.gamma.reshape(1, 1, -1) * 2.0
+        h = torch.tanh(h).mul(self.scale.t())
+        return self.head(h.flatten(1))
+
+
+def test_raw_parameters() -> None:
+    torch.manual_seed(0)
+    result = assert_exact_no_fallback(Tokens(), x64(4, 5, 3))
+    assert {result.strategies[k] for k in ("cls_token", "pos_embed", "gamma", "scale")} == {"dense"}
+
+
+class Multiplied(nn.Module):
+    """A raw parameter used in a matmul, not a broadcasting op: not covered, left to the fallback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra = nn.Parameter(torch.randn(2, 2))
+        self.offset = nn.Parameter(torch.randn(2))
+        self.head = nn.Linear(2 * 3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.tanh(x @ (self.extra * 2.0) + self.offset).flatten(1))
+
+
+def test_raw_parameter_outside_broadcast_falls_back() -> None:
+    model = Multiplied().double()
+    x, y = x64(4, 3, 2), torch.tensor([0, 1, 2, 0])
+    with pytest.warns(RuntimeWarning, match="extra"):
+        result = per_example_gram_blocks(model, x, y, method="kernel")
+    assert result.strategies["extra"].startswith("fallback")
+    assert result.strategies["offset"] == "dense"
+    assert rel_err(result.gram, independent_gram(model, x, y)) <= TOL

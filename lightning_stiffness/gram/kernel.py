@@ -24,6 +24,7 @@ from lightning_stiffness.gram.factors import KroneckerTerm, materialize
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses
 from lightning_stiffness.gram.reference import RowFn, loop_rows, vmap_rows
 from lightning_stiffness.gram.rules import PerExampleGrad, find_rule
+from lightning_stiffness.gram.rules.raw_parameter import capture_raw_parameters
 from lightning_stiffness.gram.sharding import is_sharded
 from lightning_stiffness.gram.tiling import add_dense_gram, add_ghost_gram, add_materialized_gram, add_row_gram
 
@@ -94,24 +95,35 @@ def kernel_gram(
     for owner_attrs in owners.values():
         for m, attr in owner_attrs:
             attributes[m].add(attr)
-    with capture_calls(hooked, batch.n, attributes) as record:
+    raw_candidates = {k: p for k, p in params.items() if _outside_rules(owners[k], hooked)}
+    with capture_calls(hooked, batch.n, attributes) as record, capture_raw_parameters(raw_candidates, batch.n) as raw:
         outputs = call_model(model, batch.inputs)
     losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
     uses = count_parameter_uses(losses.sum())
 
     covered: dict[str, list[tuple[str, str]]] = {}
     fallback: dict[str, str] = {}
+    direct: set[str] = set()  # parameters used directly in a forward, covered by the raw-parameter capture
     for pname, p in params.items():
         reason = _coverage_problem(p, owners[pname], modules, hooked, record.calls, record.problems, uses)
         if reason is None:
             covered[pname] = owners[pname]
         elif reason != "unused":
-            fallback[pname] = reason
+            direct_problem = raw.coverage_problem(pname, uses) if pname in raw_candidates else reason
+            if direct_problem is None:
+                direct.add(pname)
+            else:
+                fallback[pname] = reason if direct_problem == reason else f"{reason} ({direct_problem})"
 
     calls_needed = {m for pname in covered for m, _ in covered[pname]}
     zs = [c.z for m in sorted(calls_needed) for c in record.calls[m] if uses[graph_key(c.z)] > 0]
+    zs += raw.zs(direct, uses)
     backprops = dict(zip(map(id, zs), torch.autograd.grad(losses.sum(), zs))) if zs else {}
     del outputs, losses
+    for pname in sorted(direct, key=list(params).index):
+        uses_of_p: list[PerExampleGrad] = list(raw.per_example_grads(pname, backprops, acc.gram.dtype))
+        acc.strategies[pname] = _add_parameter_gram(acc.target(block_name(pname)), uses_of_p, memory_budget, "auto")
+    del raw
 
     # Rule outputs are computed once per module and freed after its last parameter (unfolded
     # conv patches are large), so at most one layer's per-example factors are alive at a time.
@@ -223,6 +235,16 @@ def _owners(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, list
                 seen.add((id(module), attr))
                 owners[by_id[id(p)]].append((mname, attr))
     return owners
+
+
+def _outside_rules(owner_attrs: list[tuple[str, str]], hooked: dict[str, nn.Module]) -> bool:
+    """Whether some module holding the parameter has no rule for it (so it is used directly in a
+    ``forward``, a case for the raw-parameter capture)."""
+    for mname, attr in owner_attrs:
+        rule = find_rule(hooked[mname]) if mname in hooked else None
+        if rule is None or attr not in rule.parameter_names:
+            return True
+    return False
 
 
 def _coverage_problem(

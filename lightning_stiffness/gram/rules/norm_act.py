@@ -25,8 +25,9 @@ def channel_affine(module: nn.Module, normed: Tensor, channel_dim: int = 1) -> T
 def preactivation_backprop(module: nn.Module, pre: Tensor, grad_out: Tensor) -> Tensor:
     """``J_{act∘drop}(pre)ᵀ grad_out``: the backprop at the pre-activation ``pre``."""
     pre = pre.detach().requires_grad_(True)
+    act, drop = module.get_submodule("act"), module.get_submodule("drop")
     with torch.enable_grad():
         # clone: an in-place activation must not overwrite the leaf it differentiates
-        out = module.act(module.drop(pre.clone()))
+        out = act(drop(pre.clone()))
     (grad,) = torch.autograd.grad(out, pre, grad_out)
     return grad

@@ -7,6 +7,7 @@ layer may take the fallback (``strategies`` and no fallback warning).
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_stiffness.gram import GramResult, per_example_gram_blocks
+from lightning_stiffness.gram.sharding import clean_name
 from tests.conftest import independent_gram, rel_err
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -29,15 +31,18 @@ def kernel_result(model: nn.Module, x: Any, y: Tensor, **kwargs: Any) -> GramRes
         return per_example_gram_blocks(model, x, y, method="kernel", **kwargs)
 
 
-def assert_exact_no_fallback(model: nn.Module, x: Tensor, n_classes: int = 3, seed: int = 0) -> GramResult:
-    """Kernel Gram == independent float64 loop, with no parameter on the fallback."""
+def assert_exact_no_fallback(
+    model: nn.Module, x: Tensor, n_classes: int = 3, seed: int = 0, reference: nn.Module | None = None
+) -> GramResult:
+    """Kernel Gram == independent float64 loop (over ``reference``, default ``model``), with no
+    parameter on the fallback."""
     model = model.double()
     y = torch.randint(0, n_classes, (x.shape[0],), generator=torch.Generator().manual_seed(seed))
     result = kernel_result(model, x, y)
     fallback = {k: v for k, v in result.strategies.items() if v.startswith("fallback")}
     assert not fallback, fallback
-    assert set(result.strategies) == {k for k, p in model.named_parameters() if p.requires_grad}
-    ref = independent_gram(model, x, y)
+    assert set(result.strategies) == {clean_name(k) for k, p in model.named_parameters() if p.requires_grad}
+    ref = independent_gram(model if reference is None else reference.double(), x, y)
     assert ref.abs().max() > 1e-8
     err = rel_err(result.gram, ref)
     assert err <= TOL, err
@@ -169,3 +174,39 @@ def test_raw_parameter_outside_broadcast_falls_back() -> None:
     assert result.strategies["extra"].startswith("fallback")
     assert result.strategies["offset"] == "dense"
     assert rel_err(result.gram, independent_gram(model, x, y)) <= TOL
+
+
+COMPILATIONS: list[int] = []
+
+
+def recording_backend(gm: Any, example_inputs: Any) -> Any:
+    """A compiler backend that records its calls: the measurement must not run the compiled module."""
+    COMPILATIONS.append(1)
+    return gm.forward
+
+
+class WithCompiledBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 6)
+        self.net = torch.compile(nn.Sequential(nn.Tanh(), nn.Linear(6, 5), nn.LayerNorm(5)), backend=recording_backend)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.net(self.stem(x)))
+
+
+def test_compiled_submodule_is_measured_through_its_original_module() -> None:
+    torch.manual_seed(0)
+    model = WithCompiledBlock()
+    COMPILATIONS.clear()
+    names_before = [k for k, _ in model.named_parameters()]
+    assert "net._orig_mod.1.weight" in names_before
+    eager = copy.deepcopy(model)
+    eager.net = eager.net._orig_mod  # the reference loop runs the same parameters uncompiled
+    result = assert_exact_no_fallback(model, x64(4, 4), reference=eager)
+    assert {"net.1.weight", "net.2.weight"} <= set(result.strategies)
+    assert result.strategies["net.1.weight"] in ("ghost", "materialize")
+    assert [k for k, _ in model.named_parameters()] == names_before  # the compiled wrapper is back in place
+    assert type(model.net).__name__ == "OptimizedModule"
+    assert COMPILATIONS == []  # measured through _orig_mod, eagerly

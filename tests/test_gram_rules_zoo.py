@@ -210,3 +210,64 @@ def test_compiled_submodule_is_measured_through_its_original_module() -> None:
     assert [k for k, _ in model.named_parameters()] == names_before  # the compiled wrapper is back in place
     assert type(model.net).__name__ == "OptimizedModule"
     assert COMPILATIONS == []  # measured through _orig_mod, eagerly
+
+
+class Attention(nn.Module):
+    def __init__(self, batch_first: bool, **kwargs: Any) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.proj = nn.Linear(3, 4)
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=batch_first, **kwargs)
+        self.head = nn.Linear(4 * 5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.proj(x))  # (N, L, E)
+        mask = x[:, :, 0] > 0.5  # a per-example key padding mask, never masking the first key
+        mask[:, 0] = False
+        if self.batch_first:
+            a, _ = self.attn(h, h, h, key_padding_mask=mask)
+        else:
+            t = h.transpose(0, 1)
+            a, _ = self.attn(t, t, t, key_padding_mask=mask, need_weights=False)
+            a = a.transpose(0, 1)
+        return self.head(torch.tanh(a).flatten(1))
+
+
+@pytest.mark.parametrize(
+    "batch_first, kwargs",
+    [(True, {}), (False, {}), (True, {"kdim": 3, "vdim": 3, "add_bias_kv": True}), (False, {"bias": False})],
+    ids=["batch-first", "seq-first", "separate-kv-bias", "no-bias"],
+)
+def test_multihead_attention(batch_first: bool, kwargs: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model = Attention(batch_first, **kwargs)
+    if "kdim" in kwargs:  # keys and values straight from the input (kdim = vdim = 3): the separate projections
+        model.forward = lambda x: model.head(  # type: ignore[method-assign]
+            torch.tanh(model.attn(torch.tanh(model.proj(x)), x, x)[0]).flatten(1)
+        )
+    result = assert_exact_no_fallback(model, x64(4, 5, 3))
+    assert result.strategies["attn.out_proj.weight"] == "dense"
+
+
+@pytest.mark.parametrize("cell", [nn.RNN, nn.GRU, nn.LSTM])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_recurrent(cell: type[nn.RNNBase], batch_first: bool) -> None:
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            extra = {"proj_size": 2} if cell is nn.LSTM else {}
+            self.rnn = cell(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first, **extra)
+            out = 2 * (2 if cell is nn.LSTM else 4)
+            self.head = nn.Linear(out, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            seq = x if batch_first else x.transpose(0, 1)
+            out, _ = self.rnn(seq)
+            last = out[:, -1] if batch_first else out[-1]
+            return self.head(last)
+
+    model = Net()
+    result = assert_exact_no_fallback(model, x64(4, 5, 3))
+    assert result.strategies["rnn.weight_hh_l1_reverse"] == "dense"

@@ -96,7 +96,11 @@ def kernel_gram(
         for m, attr in owner_attrs:
             attributes[m].add(attr)
     raw_candidates = {k: p for k, p in params.items() if _outside_rules(owners[k], hooked)}
-    with capture_calls(hooked, batch.n, attributes) as record, capture_raw_parameters(raw_candidates, batch.n) as raw:
+    whole_call = {name: rule.call_problem for name, m in hooked.items() if (rule := find_rule(m)) and rule.whole_call}
+    with (
+        capture_calls(hooked, batch.n, attributes, whole_call) as record,
+        capture_raw_parameters(raw_candidates, batch.n) as raw,
+    ):
         outputs = call_model(model, batch.inputs)
     losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
     uses = count_parameter_uses(losses.sum())
@@ -194,13 +198,7 @@ def _module_grads(
     """The layer rule's per-example gradients for every call of ``module`` that reached the loss."""
     rule = find_rule(module)
     assert rule is not None
-    return [
-        rule.per_example_grads(
-            module, call.inp.to(dtype) if call.inp.is_floating_point() else call.inp, backprops[id(call.z)].to(dtype)
-        )
-        for call in calls
-        if id(call.z) in backprops
-    ]
+    return [rule.call_grads(module, call, backprops[id(call.z)], dtype) for call in calls if id(call.z) in backprops]
 
 
 def _add_parameter_gram(out: Tensor, parts: list[PerExampleGrad], memory_budget: float, strategy: LayerStrategy) -> str:
@@ -234,6 +232,25 @@ def _owners(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, list
             if p is not None and id(p) in by_id and (id(module), attr) not in seen:
                 seen.add((id(module), attr))
                 owners[by_id[id(p)]].append((mname, attr))
+    return _claim_nested(model, owners, by_id)
+
+
+def _claim_nested(
+    model: nn.Module, owners: dict[str, list[tuple[str, str]]], by_id: dict[int, str]
+) -> dict[str, list[tuple[str, str]]]:
+    """Give a parameter of a submodule to the enclosing module whose whole-call rule names it
+    (``MultiheadAttention`` reads ``out_proj.weight`` without calling ``out_proj``)."""
+    for mname, module in model.named_modules():
+        rule = find_rule(module)
+        if rule is None or not rule.whole_call:
+            continue
+        for dotted in (a for a in rule.parameter_names if "." in a):
+            sub, _, attr = dotted.rpartition(".")
+            p = getattr(module.get_submodule(sub), attr, None) if hasattr(module, sub.split(".")[0]) else None
+            if isinstance(p, nn.Parameter) and id(p) in by_id:
+                inner = f"{mname}.{sub}" if mname else sub
+                pname = by_id[id(p)]
+                owners[pname] = [o for o in owners[pname] if o != (inner, attr)] + [(mname, dotted)]
     return owners
 
 
@@ -278,7 +295,7 @@ def _coverage_problem(
             return f"{mname}: {reason}"
         if rule is not None and attr not in rule.parameter_names:
             return f"{mname}: the {type(module).__name__} rule has no gradient for its parameter {attr!r}"
-        captured += sum(1 for c in calls[mname] if uses.get(graph_key(c.z), 0) > 0)
+        captured += sum(c.local_uses.get(attr, 1) for c in calls[mname] if uses.get(graph_key(c.z), 0) > 0)
     if captured != total_uses:
         names = ", ".join(m or "<root>" for m, _ in owner_attrs)
         return f"{names}: parameter used {total_uses}x in the graph but {captured}x through its module's forward"

@@ -1,6 +1,7 @@
 """Layer rules for the kernel engine; importing this package registers all of them."""
 
 from lightning_stiffness.gram.rules import (  # noqa: F401  (registration)
+    attention,
     conv,
     conv_transpose,
     embedding,
@@ -9,6 +10,7 @@ from lightning_stiffness.gram.rules import (  # noqa: F401  (registration)
     norm,
     norm2d,
     prelu,
+    recurrent,
     timm_norm,
 )
 from lightning_stiffness.gram.rules.base import (

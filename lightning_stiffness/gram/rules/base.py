@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lightning_stiffness.gram.capture import ModuleCall
 
 from lightning_stiffness.gram.factors import KroneckerTerm
 
@@ -35,10 +39,27 @@ class LayerRule:
     """
 
     parameter_names: tuple[str, ...] = ("weight", "bias")
+    #: ``True``: the capture records every argument and the backprop of every output (see
+    #: :meth:`call_problem`, :meth:`call_grads`); dotted ``parameter_names`` (``"out_proj.weight"``)
+    #: then claim parameters of submodules the module uses without calling them.
+    whole_call: bool = False
 
     def unsupported_reason(self, module: nn.Module) -> str | None:
         """Why this particular module instance cannot use the rule (``None``: it can)."""
         return None
+
+    def call_problem(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, n: int
+    ) -> str | None:
+        """Whole-call rules: why this call (arguments, output, ``n`` examples) is not covered."""
+        return None
+
+    def call_grads(
+        self, module: nn.Module, call: ModuleCall, grad_z: Tensor, dtype: torch.dtype
+    ) -> dict[str, PerExampleGrad]:
+        """Per-example gradients for one captured call, from ``∂L/∂z`` (computed in ``dtype``)."""
+        inp = call.inp.to(dtype) if call.inp.is_floating_point() else call.inp
+        return self.per_example_grads(module, inp, grad_z.to(dtype))
 
     def per_example_grads(self, module: nn.Module, inp: Tensor, grad_out: Tensor) -> dict[str, PerExampleGrad]:
         """Map parameter attribute name (``"weight"``, ``"bias"``) to its per-example gradient."""

@@ -271,3 +271,74 @@ def test_recurrent(cell: type[nn.RNNBase], batch_first: bool) -> None:
     model = Net()
     result = assert_exact_no_fallback(model, x64(4, 5, 3))
     assert result.strategies["rnn.weight_hh_l1_reverse"] == "dense"
+
+
+# --------------------------------------------------------------------------- whole classifiers
+
+
+def timm_vit() -> nn.Module:
+    import timm
+
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2,
+        num_classes=3,
+    )  # fmt: skip
+
+
+def timm_convnext() -> nn.Module:
+    import timm
+
+    return timm.create_model("convnext_atto", pretrained=False, num_classes=3, dims=(4, 4, 4, 4), depths=(1, 1, 1, 1))
+
+
+def timm_mobilenetv3() -> nn.Module:
+    import timm
+
+    return timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=3)
+
+
+def torchvision_vit() -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8, num_classes=3
+    )
+
+
+def torchvision_convnext() -> nn.Module:
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    return ConvNeXt([CNBlockConfig(4, 8, 1), CNBlockConfig(8, None, 1)], num_classes=3)
+
+
+def hf_vit() -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+        num_labels=3,
+    )  # fmt: skip
+    return ViTForImageClassification(config)
+
+
+def hf_convnext() -> nn.Module:
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    return ConvNextForImageClassification(
+        ConvNextConfig(hidden_sizes=[4, 8], depths=[1, 1], num_stages=2, num_labels=3, image_size=16)
+    )
+
+
+CLASSIFIERS = {
+    f.__name__: f
+    for f in (timm_vit, timm_convnext, timm_mobilenetv3, torchvision_vit, torchvision_convnext, hf_vit, hf_convnext)
+}
+
+
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
+def test_classifier_has_no_fallback(name: str) -> None:
+    pytest.importorskip({"timm": "timm", "torchvision": "torchvision", "hf": "transformers"}[name.split("_")[0]])
+    torch.manual_seed(0)
+    model = CLASSIFIERS[name]()
+    size = 32 if name in ("timm_mobilenetv3", "timm_convnext") else 16
+    assert_exact_no_fallback(model, x64(3, 3, size, size))

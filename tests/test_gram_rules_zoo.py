@@ -342,3 +342,27 @@ def test_classifier_has_no_fallback(name: str) -> None:
     model = CLASSIFIERS[name]()
     size = 32 if name in ("timm_mobilenetv3", "timm_convnext") else 16
     assert_exact_no_fallback(model, x64(3, 3, size, size))
+
+
+class Bag(nn.Module):
+    def __init__(self, mode: str, weighted: bool) -> None:
+        super().__init__()
+        self.weighted = weighted
+        self.bag = nn.EmbeddingBag(7, 4, mode=mode, padding_idx=0)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if self.weighted:
+            weights = (tokens.to(self.head.weight.dtype) + 1.0).sqrt()
+            return self.head(torch.tanh(self.bag(tokens, per_sample_weights=weights)))
+        return self.head(torch.tanh(self.bag(tokens)))
+
+
+@pytest.mark.parametrize("mode, weighted", [("sum", False), ("sum", True), ("mean", False)])
+def test_embedding_bag(mode: str, weighted: bool) -> None:
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(1))
+    tokens[1, :3] = 0  # padding, excluded from sums and from the mean's count
+    tokens[2, 1] = tokens[2, 3]  # a repeated index within one bag
+    result = assert_exact_no_fallback(Bag(mode, weighted), tokens)
+    assert result.strategies["bag.weight"] in ("ghost", "materialize")

@@ -5,6 +5,7 @@ from lightning_stiffness.gram.rules import (  # noqa: F401  (registration)
     conv,
     conv_transpose,
     embedding,
+    embedding_bag,
     instance_norm,
     linear,
     norm,

@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_stiffness.gram import GramResult, per_example_gram_blocks
+from lightning_stiffness.gram.kernel import block_name
 from lightning_stiffness.gram.sharding import clean_name
-from tests.conftest import independent_gram, rel_err
+from tests.conftest import independent_gram, independent_jacobian, rel_err
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -42,10 +43,24 @@ def assert_exact_no_fallback(
     fallback = {k: v for k, v in result.strategies.items() if v.startswith("fallback")}
     assert not fallback, fallback
     assert set(result.strategies) == {clean_name(k) for k, p in model.named_parameters() if p.requires_grad}
-    ref = independent_gram(model if reference is None else reference.double(), x, y)
+    jac = independent_jacobian(model if reference is None else reference.double(), x, y)
+    ref = jac @ jac.T
     assert ref.abs().max() > 1e-8
     err = rel_err(result.gram, ref)
     assert err <= TOL, err
+    # every module's block on its own, so a small layer's error cannot hide in the total
+    columns: dict[str, list[Tensor]] = {}
+    offset = 0
+    for name, p in model.named_parameters():
+        columns.setdefault(block_name(clean_name(name)), []).append(jac[:, offset : offset + p.numel()])
+        offset += p.numel()
+    assert set(result.blocks) == set(columns)
+    for block, cols in columns.items():
+        j = torch.cat(cols, dim=1)
+        block_ref = j @ j.T
+        assert block_ref.norm() > 1e-12 * ref.norm(), f"degenerate test: the gradients of {block!r} vanish"
+        gap = float((result.blocks[block].double() - block_ref).norm())
+        assert gap <= TOL * float(block_ref.norm()) + 1e-15 * float(ref.norm()), (block, gap, float(block_ref.norm()))
     return result
 
 
@@ -300,9 +315,12 @@ def timm_mobilenetv3() -> nn.Module:
 def torchvision_vit() -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(
+    model = VisionTransformer(
         image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8, num_classes=3
     )
+    nn.init.normal_(model.heads.head.weight)  # zero-initialised: every other gradient would vanish
+    nn.init.normal_(model.class_token)
+    return model
 
 
 def torchvision_convnext() -> nn.Module:
@@ -340,6 +358,10 @@ def test_classifier_has_no_fallback(name: str) -> None:
     pytest.importorskip({"timm": "timm", "torchvision": "torchvision", "hf": "transformers"}[name.split("_")[0]])
     torch.manual_seed(0)
     model = CLASSIFIERS[name]()
+    with torch.no_grad():  # ConvNeXt's 1e-6 layer scales would make every block's gradient vanish
+        for pname, p in model.named_parameters():
+            if "gamma" in pname or "layer_scale" in pname:
+                p.uniform_(0.5, 1.5)
     size = 32 if name in ("timm_mobilenetv3", "timm_convnext") else 16
     assert_exact_no_fallback(model, x64(3, 3, size, size))
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.utils._pytree import tree_flatten, tree_map
 
 from lightning_stiffness.gram.capture import ModuleCall
@@ -70,21 +71,92 @@ class ModuleLocalRule(LayerRule):
         out_axes = self.output_axes(module)
         backprops = call.grad_outputs(grad_z)
         names = [name for name in self.parameter_names if isinstance(_param(module, name), nn.Parameter)]
-        params = [_param(module, name) for name in names]
-        n = int(call.inp.shape[axes[next(iter(axes))][0]]) // axes[next(iter(axes))][1]
-        rows: list[list[Tensor]] = []
-        for i in range(n):
-            own = {k: _example(v, axes.get(k), i) for k, v in arguments.items()}
-            with torch.enable_grad():
-                leaves = tree_flatten(module(**own))[0]
-            pairs = [
-                (leaf, _example(b, (axis, 1), i).to(leaf.dtype))
-                for leaf, b, axis in zip(leaves, backprops, out_axes)
-                if b is not None and isinstance(leaf, Tensor) and leaf.requires_grad
-            ]
-            grads = torch.autograd.grad([p for p, _ in pairs], params, [b for _, b in pairs], allow_unused=True)
-            rows.append([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
-        return {name: torch.stack([r[j] for r in rows]).reshape(n, -1).to(dtype) for j, name in enumerate(names)}
+        first = next(iter(axes))
+        n = int(_tensors(arguments[first])[0].shape[axes[first][0]]) // axes[first][1]
+        if type(module) not in _NO_VMAP:
+            try:
+                grads = _vmapped_vjps(module, arguments, axes, backprops, out_axes, names, n)
+                return {name: g.reshape(n, -1).to(dtype) for name, g in grads.items()}
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                _NO_VMAP.add(type(module))  # no batching rule (RNN kernels): one vjp per example
+        return _looped_vjps(module, arguments, axes, backprops, out_axes, names, n, dtype)
+
+
+_NO_VMAP: set[type[nn.Module]] = set()
+
+
+def _vmapped_vjps(
+    module: nn.Module,
+    arguments: dict[str, Any],
+    axes: dict[str, Axis],
+    backprops: list[Tensor | None],
+    out_axes: list[int],
+    names: list[str],
+    n: int,
+) -> dict[str, Tensor]:
+    """All examples' ``J_θᵀ b_n`` at once: ``vmap`` over examples of ``torch.func.vjp`` of the module
+    applied to one example (its slice, kept as a batch of one)."""
+    params = {name: _param(module, name).detach() for name in names}
+    batched = {k: tree_map(lambda t, a=axes[k]: _split_examples(t, a, n), v) for k, v in arguments.items() if k in axes}
+    fixed = {k: v for k, v in arguments.items() if k not in axes}
+    used = [j for j, b in enumerate(backprops) if b is not None]
+    cotangents = tuple(b for b in backprops if b is not None)
+
+    def one(example: dict[str, Any], cot: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        own = dict(fixed)
+        for k, v in example.items():
+            dim, width = axes[k]
+            own[k] = tree_map(lambda t, d=dim, w=width: t.unsqueeze(d) if w == 1 else t, v)
+
+        def outputs(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
+            leaves = tree_flatten(functional_call(module, p, (), own))[0]
+            return tuple(leaves[j] for j in used)
+
+        _, pull = torch.func.vjp(outputs, params)
+        grads: dict[str, Tensor] = pull(
+            tuple(c.unsqueeze(out_axes[j]).to(params[names[0]].dtype) for c, j in zip(cot, used))
+        )[0]
+        return grads
+
+    in_dims = (
+        {k: tree_map(lambda _t, a=axes[k]: a[0], v) for k, v in batched.items()},
+        tuple(out_axes[j] for j in used),
+    )
+    with torch.enable_grad():
+        return torch.func.vmap(one, in_dims=in_dims)(batched, cotangents)
+
+
+def _split_examples(t: Any, axis: Axis, n: int) -> Any:
+    """``(…, N·w, …)`` → ``(…, N, w, …)`` for ``w > 1``, so ``vmap`` hands each example its ``w`` rows."""
+    dim, width = axis
+    return t.unflatten(dim, (n, width)) if isinstance(t, Tensor) and width > 1 else t
+
+
+def _looped_vjps(
+    module: nn.Module,
+    arguments: dict[str, Any],
+    axes: dict[str, Axis],
+    backprops: list[Tensor | None],
+    out_axes: list[int],
+    names: list[str],
+    n: int,
+    dtype: torch.dtype,
+) -> dict[str, PerExampleGrad]:
+    """``J_θᵀ b_n`` by one forward and backward of the module per example."""
+    params = [_param(module, name) for name in names]
+    rows: list[list[Tensor]] = []
+    for i in range(n):
+        own = {k: _example(v, axes.get(k), i) for k, v in arguments.items()}
+        with torch.enable_grad():
+            leaves = tree_flatten(module(**own))[0]
+        pairs = [
+            (leaf, _example(b, (axis, 1), i).to(leaf.dtype))
+            for leaf, b, axis in zip(leaves, backprops, out_axes)
+            if b is not None and isinstance(leaf, Tensor) and leaf.requires_grad
+        ]
+        grads = torch.autograd.grad([p for p, _ in pairs], params, [b for _, b in pairs], allow_unused=True)
+        rows.append([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
+    return {name: torch.stack([r[j] for r in rows]).reshape(n, -1).to(dtype) for j, name in enumerate(names)}
 
 
 def _bind(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def _vmapped_vjps(
             leaves = tree_flatten(functional_call(module, p, (), own))[0]
             return tuple(leaves[j] for j in used)
 
-        _, pull = torch.func.vjp(outputs, params)
+        pull = torch.func.vjp(outputs, params)[1]
         grads: dict[str, Tensor] = pull(
             tuple(c.unsqueeze(out_axes[j]).to(params[names[0]].dtype) for c, j in zip(cot, used))
         )[0]

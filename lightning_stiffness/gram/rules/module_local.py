@@ -17,6 +17,7 @@ unbatched or packed input) goes to the exact fallback.
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 import torch
@@ -122,7 +123,9 @@ def _vmapped_vjps(
         {k: tree_map(lambda _t, a=axes[k]: a[0], v) for k, v in batched.items()},
         tuple(out_axes[j] for j in used),
     )
-    with torch.enable_grad():
+    with torch.enable_grad(), warnings.catch_warnings():
+        # ops without a batching rule (CPU flash attention) run per example inside vmap: slower, still exact
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
         return torch.func.vmap(one, in_dims=in_dims)(batched, cotangents)
 
 

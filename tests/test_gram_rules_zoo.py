@@ -388,3 +388,54 @@ def test_embedding_bag(mode: str, weighted: bool) -> None:
     tokens[2, 1] = tokens[2, 3]  # a repeated index within one bag
     result = assert_exact_no_fallback(Bag(mode, weighted), tokens)
     assert result.strategies["bag.weight"] in ("ghost", "materialize")
+
+
+class MaskedAttention(nn.Module):
+    """A per-example 3-D ``attn_mask`` (``N·heads`` rows): each example owns ``heads`` consecutive rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.head = nn.Linear(4 * 5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scores = x[:, :, :1] * x[:, None, :, 0]  # (N, L, L), depends on the example only
+        mask = scores.repeat_interleave(self.attn.num_heads, dim=0)
+        a, _ = self.attn(x, x, x, attn_mask=mask)
+        return self.head(torch.tanh(a).flatten(1))
+
+
+@pytest.mark.parametrize("route", ["vmap", "loop"])
+def test_multihead_attention_with_per_example_3d_mask(route: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both module-local routes: ``vmap`` of the per-example VJP, and the per-example loop that
+    modules without batching rules take."""
+    from lightning_stiffness.gram.rules import module_local
+
+    if route == "loop":
+        monkeypatch.setattr(module_local, "_NO_VMAP", {nn.MultiheadAttention})
+    torch.manual_seed(0)
+    assert_exact_no_fallback(MaskedAttention(), x64(4, 5, 4))
+
+
+class Packed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 4, batch_first=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        lengths = torch.full((x.shape[0],), x.shape[1])
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)
+        return self.head(h[-1])
+
+
+def test_packed_sequence_falls_back_exactly() -> None:
+    torch.manual_seed(0)
+    model = Packed().double()
+    x, y = x64(4, 5, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.warns(RuntimeWarning, match="packed sequence"):
+        result = per_example_gram_blocks(model, x, y, method="kernel")
+    assert all(result.strategies[k].startswith("fallback") for k in result.strategies if k.startswith("rnn."))
+    assert result.strategies["head.weight"] in ("ghost", "materialize")
+    assert rel_err(result.gram, independent_gram(model, x, y)) <= TOL

@@ -157,7 +157,7 @@ class Tokens(nn.Module):
         h = self.proj(x)
         h = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), h], dim=1)
         h = torch.tanh(h + self.pos_embed)
-        h = h * self.gamma.reshape(1, 1, -1) * 2.0
+        h = h * self.gamma.type_as(h).reshape(1, 1, -1) * 2.0
         h = torch.tanh(h).mul(self.scale.t())
         return self.head(h.flatten(1))
 
@@ -439,3 +439,31 @@ def test_packed_sequence_falls_back_exactly() -> None:
     assert all(result.strategies[k].startswith("fallback") for k in result.strategies if k.startswith("rnn."))
     assert result.strategies["head.weight"] in ("ghost", "materialize")
     assert rel_err(result.gram, independent_gram(model, x, y)) <= TOL
+
+
+def test_third_party_rules_register_only_once_their_library_is_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rules for timm/torchvision/transformers classes register when the user's code has imported the
+    library; the engine itself never imports one (no module-level import in ``gram/``)."""
+    import ast
+    import pathlib
+    import sys
+    import types
+
+    from lightning_stiffness.gram.rules import base
+
+    calls: list[int] = []
+    base.register_when_imported("not_imported_library_xyz", lambda: calls.append(1))
+    assert base.find_rule(nn.Linear(2, 2)) is not None
+    assert calls == []
+    monkeypatch.setitem(sys.modules, "not_imported_library_xyz", types.ModuleType("not_imported_library_xyz"))
+    base.find_rule(nn.Linear(2, 2))
+    base.find_rule(nn.Linear(2, 2))
+    assert calls == [1]
+
+    package = pathlib.Path(base.__file__).parents[1]
+    for path in package.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level only
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            third = [n for n in names if n.split(".")[0] in ("timm", "torchvision", "transformers")]
+            assert not third, f"{path.name} imports {third} at module level"

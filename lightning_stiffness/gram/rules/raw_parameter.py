@@ -124,7 +124,12 @@ class _Watch(TorchFunctionMode):
         if shape is not None:
             return self._substitute(func, flat, spec, watched, shape)
         out = func(*args, **kwargs)
-        parameter_only = all(not isinstance(a, Tensor) for i, a in enumerate(flat) if i not in watched)
+        if any(out is flat[i] for i in watched):  # a no-op (.contiguous(), .to(own dtype)) returns its input
+            return out
+        # .to(other) and .type_as(other) read only other's dtype and device
+        parameter_only = func in (_T.to, _T.type_as) or all(
+            not isinstance(a, Tensor) for i, a in enumerate(flat) if i not in watched
+        )
         deriving = func in DERIVING_OPS or func in ELEMENTWISE_OPS
         if deriving and parameter_only and isinstance(out, Tensor) and len(names) == 1:
             # a view, a cast or arithmetic with Python numbers: still a function of P alone

@@ -48,7 +48,7 @@ class ModuleCall:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     output_shapes: list[tuple[int, ...] | None] = field(default_factory=list)
-    local_uses: dict[str, int] = field(default_factory=dict)
+    local_uses: dict[str, int] | None = None
 
     def grad_outputs(self, grad_z: Tensor) -> list[Tensor | None]:
         """Split a whole-call ``∂L/∂z`` into one backprop per output leaf (``None``: no slice)."""

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_stiffness.gram.capture import GraphKey, capture_calls, count_parameter_uses, graph_key
+from lightning_stiffness.gram.capture import GraphKey, ModuleCall, capture_calls, count_parameter_uses, graph_key
 from lightning_stiffness.gram.cost import choose_strategy
 from lightning_stiffness.gram.factors import KroneckerTerm, materialize
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses
@@ -295,11 +295,17 @@ def _coverage_problem(
             return f"{mname}: {reason}"
         if rule is not None and attr not in rule.parameter_names:
             return f"{mname}: the {type(module).__name__} rule has no gradient for its parameter {attr!r}"
-        captured += sum(c.local_uses.get(attr, 1) for c in calls[mname] if uses.get(graph_key(c.z), 0) > 0)
+        captured += sum(_uses_in_call(c, attr) for c in calls[mname] if uses.get(graph_key(c.z), 0) > 0)
     if captured != total_uses:
         names = ", ".join(m or "<root>" for m, _ in owner_attrs)
         return f"{names}: parameter used {total_uses}x in the graph but {captured}x through its module's forward"
     return None
+
+
+def _uses_in_call(call: ModuleCall, attr: str) -> int:
+    """How often one captured call used the parameter: once for a layer-rule call, as counted in
+    its own graph for a whole-call capture (an RNN's recurrent weight enters once per step)."""
+    return 1 if call.local_uses is None else call.local_uses.get(attr, 0)
 
 
 def _warn_fallback(fallback: dict[str, str]) -> None:

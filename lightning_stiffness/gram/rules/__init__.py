@@ -8,6 +8,7 @@ from lightning_stiffness.gram.rules import (  # noqa: F401  (registration)
     embedding_bag,
     instance_norm,
     linear,
+    local_modules,
     norm,
     norm2d,
     prelu,

@@ -40,6 +40,7 @@ def assert_exact_no_fallback(
     model = model.double()
     y = torch.randint(0, n_classes, (x.shape[0],), generator=torch.Generator().manual_seed(seed))
     result = kernel_result(model, x, y)
+    assert not result.gram.requires_grad and not any(b.requires_grad for b in result.blocks.values())
     fallback = {k: v for k, v in result.strategies.items() if v.startswith("fallback")}
     assert not fallback, fallback
     assert set(result.strategies) == {clean_name(k) for k, p in model.named_parameters() if p.requires_grad}

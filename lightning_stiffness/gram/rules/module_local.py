@@ -77,7 +77,7 @@ class ModuleLocalRule(LayerRule):
         if type(module) not in _NO_VMAP:
             try:
                 grads = _vmapped_vjps(module, arguments, axes, backprops, out_axes, names, n)
-                return {name: g.reshape(n, -1).to(dtype) for name, g in grads.items()}
+                return {name: g.detach().reshape(n, -1).to(dtype) for name, g in grads.items()}
             except (RuntimeError, NotImplementedError, TypeError, ValueError):
                 _NO_VMAP.add(type(module))  # no batching rule (RNN kernels): one vjp per example
         return _looped_vjps(module, arguments, axes, backprops, out_axes, names, n, dtype)
@@ -123,7 +123,9 @@ def _vmapped_vjps(
         {k: tree_map(lambda _t, a=axes[k]: a[0], v) for k, v in batched.items()},
         tuple(out_axes[j] for j in used),
     )
-    with torch.enable_grad(), warnings.catch_warnings():
+    # no_grad: torch.func differentiates at its own level regardless, and the result must not keep a
+    # graph back to the module's other parameters (functional_call leaves those in place)
+    with torch.no_grad(), warnings.catch_warnings():
         # ops without a batching rule (CPU flash attention) run per example inside vmap: slower, still exact
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
         return torch.func.vmap(one, in_dims=in_dims)(batched, cotangents)

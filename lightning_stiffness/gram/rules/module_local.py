@@ -48,6 +48,11 @@ class ModuleLocalRule(LayerRule):
         """A module-specific reason the call is not covered (unbatched input, packed sequence)."""
         return None
 
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        if any(type(p).__name__ == "DTensor" for p in module.parameters()):
+            return "module-local gradients rerun the module, which needs whole parameters, not FSDP shards"
+        return None
+
     def call_problem(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, n: int
     ) -> str | None:

@@ -502,3 +502,27 @@ def test_module_local_third_party_layer(name: str) -> None:
     x = x64(*shape)
     result = assert_exact_no_fallback(head(module, x), x)
     assert {v for k, v in result.strategies.items() if k.startswith("0.")} <= {"dense", "ghost", "materialize"}
+
+
+class SequenceFirstToken(nn.Module):
+    """A class token expanded along dim 1 (sequence-first) with T = N: dim 0 is not the example
+    axis, so the raw-parameter capture must refuse rather than take the positions for examples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 3))
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (N, T, 3) with T == N
+        seq = x.transpose(0, 1)  # (T, N, 3)
+        h = torch.tanh(seq + self.cls_token.expand(-1, x.shape[0], -1))
+        return self.head(h.mean(dim=0))
+
+
+def test_raw_parameter_expanded_along_another_axis_falls_back() -> None:
+    model = SequenceFirstToken().double()
+    x, y = x64(4, 4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.warns(RuntimeWarning, match="cls_token"):
+        result = per_example_gram_blocks(model, x, y, method="kernel")
+    assert result.strategies["cls_token"].startswith("fallback")
+    assert rel_err(result.gram, independent_gram(model, x, y)) <= TOL

@@ -33,11 +33,14 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from lightning_stiffness.gram.capture import GraphKey, graph_key
 
 _T = torch.Tensor
-#: Ops that turn a parameter-only tensor into another one without reading activations.
+#: Ops that turn a parameter-only tensor into another one without reading activations. ``expand``
+#: is not one of them: it is accepted only as the broadcasting use along dim 0 (``cls.expand(N, …)``),
+#: so a copy expanded along another axis (``cls.expand(-1, N, -1)``, sequence-first) is never
+#: mistaken for a parameter-only tensor.
 DERIVING_OPS: frozenset[Callable[..., Any]] = frozenset(
     {
         _T.reshape, _T.view, _T.unsqueeze, _T.squeeze, _T.permute, _T.transpose, _T.flatten, _T.contiguous,
-        _T.to, _T.type_as, _T.float, _T.double, _T.half, _T.bfloat16, _T.__getitem__, _T.expand, _T.clone, _T.t,
+        _T.to, _T.type_as, _T.float, _T.double, _T.half, _T.bfloat16, _T.__getitem__, _T.clone, _T.t,
         torch.reshape, torch.unsqueeze, torch.squeeze, torch.permute, torch.transpose, torch.flatten, torch.t,
     }
 )  # fmt: skip

@@ -162,6 +162,9 @@ class _Watch(TorchFunctionMode):
             t = flat[i]
             if t.dim() > len(shape) or (t.dim() == len(shape) and t.shape[0] != 1):
                 return None
+            aligned = (1,) * (len(shape) - t.dim()) + tuple(t.shape)
+            if func in (_T.expand, _T.expand_as) and aligned[1:] != shape[1:]:
+                return None  # an expand must copy along the example axis only (not cls.expand(T, N, -1))
         return shape
 
     @staticmethod

@@ -298,7 +298,7 @@ def test_batchnorm2d_eval_rule_fixed() -> None:
 # --------------------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("kind", ["conv_transpose", "prelu", "linear_subclass_with_own_forward"])
+@pytest.mark.parametrize("kind", ["module_without_rule", "linear_subclass_with_own_forward"])
 def test_layers_without_a_rule_fall_back_exactly(kind: str) -> None:
     class DoubledLinear(nn.Linear):
         """Overrides ``forward``: the Linear rule would see the wrong input and must not be used."""
@@ -306,10 +306,19 @@ def test_layers_without_a_rule_fall_back_exactly(kind: str) -> None:
         def forward(self, x: Tensor) -> Tensor:
             return super().forward(2.0 * x)
 
+    class Gate(nn.Module):
+        """A parameter entering non-linearly (sigmoid) before it meets the activations."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = nn.Parameter(torch.randn(2, 1))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.sigmoid(self.gate) * x
+
     torch.manual_seed(1)
     layer, x = {
-        "conv_transpose": (nn.ConvTranspose2d(2, 3, 3, stride=2), torch.randn(N, 2, 3, 3)),
-        "prelu": (nn.PReLU(2), torch.randn(N, 2, 3)),
+        "module_without_rule": (Gate(), torch.randn(N, 2, 3)),
         "linear_subclass_with_own_forward": (DoubledLinear(4, 3), torch.randn(N, 4)),
     }[kind]
     layer = layer.double()

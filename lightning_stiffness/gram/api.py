@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_stiffness.gram.compiled import eager_submodules
 from lightning_stiffness.gram.context import probe_mode
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch
 from lightning_stiffness.gram.kernel import (
@@ -138,7 +139,7 @@ def per_example_gram_blocks(
     dtype = torch.float64 if any(p.dtype == torch.float64 for p in selected.values()) else torch.float32
     budget = float(memory_budget) if memory_budget is not None else default_memory_budget(device)
 
-    with probe_mode(model, device):
+    with probe_mode(model, device), eager_submodules(model):
         batch = ProbeBatch.create(inputs, targets).map_tensors(lambda t: t.detach().clone().to(device))
         acc = GramAccumulator(torch.zeros(batch.n, batch.n, dtype=dtype, device=device), keep_blocks=return_blocks)
         ran = _run(method, model, selected, batch, loss_fn, acc, budget, layer_strategy)

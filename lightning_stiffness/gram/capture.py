@@ -15,14 +15,16 @@ size (:func:`example_axis`). An axis of size N that stays put when the batch shr
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 __all__: list[str] = []  # internal to the package: no public names
 
@@ -52,6 +54,25 @@ class ModuleCall:
     z: Tensor
     param_keys: dict[str, GraphKey] = field(default_factory=dict)
     axis: int | None = 0
+    #: whole-call capture only (:func:`_make_call_hook`): every argument, the output leaves that got a
+    #: slice of ``z`` (``None`` for the others), and how often the call itself used each parameter
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    output_shapes: list[tuple[int, ...] | None] = field(default_factory=list)
+    local_uses: dict[str, int] | None = None
+
+    def grad_outputs(self, grad_z: Tensor) -> list[Tensor | None]:
+        """Split a whole-call ``∂L/∂z`` into one backprop per output leaf (``None``: no slice)."""
+        out: list[Tensor | None] = []
+        offset = 0
+        for shape in self.output_shapes:
+            if shape is None:
+                out.append(None)
+                continue
+            size = math.prod(shape)
+            out.append(grad_z[offset : offset + size].reshape(shape))
+            offset += size
+        return out
 
 
 @dataclass
@@ -62,18 +83,26 @@ class CaptureRecord:
 
 @contextmanager
 def capture_calls(
-    modules: dict[str, nn.Module], n: int, attributes: Mapping[str, Collection[str]]
+    modules: dict[str, nn.Module],
+    n: int,
+    attributes: Mapping[str, Collection[str]],
+    whole_call: Mapping[str, Callable[..., str | None]] | None = None,
 ) -> Iterator[CaptureRecord]:
     """Hook ``modules`` (name → module) for one forward over ``n`` examples, recording which
-    tensors each call held under the parameter ``attributes`` of its module."""
+    tensors each call held under the parameter ``attributes`` of its module. Modules named in
+    ``whole_call`` (name → check of the call, returning a problem or ``None``) record every
+    argument and get a zero tensor on every output (:func:`_make_call_hook`)."""
     record = CaptureRecord(calls={name: [] for name in modules})
+    whole_call = whole_call or {}
+
+    def make(name: str) -> Any:
+        attrs = tuple(attributes.get(name, ()))
+        if name in whole_call:
+            return _make_call_hook(name, n, record, attrs, whole_call[name])
+        return _make_hook(name, n, record, attrs)
+
     # prepend: run before hooks of wrappers such as FSDP, which swap parameters back after the forward
-    handles = [
-        m.register_forward_hook(
-            _make_hook(name, n, record, tuple(attributes.get(name, ()))), with_kwargs=True, prepend=True
-        )
-        for name, m in modules.items()
-    ]
+    handles = [m.register_forward_hook(make(name), with_kwargs=True, prepend=True) for name, m in modules.items()]
     try:
         yield record
     finally:
@@ -231,3 +260,90 @@ def count_parameter_uses(root: Tensor) -> Counter[GraphKey]:
                 seen.add(nxt)
                 stack.append(nxt)
     return counts
+
+
+def _make_call_hook(
+    name: str, n: int, record: CaptureRecord, attributes: tuple[str, ...], check: Callable[..., str | None]
+) -> Any:
+    """Hook for modules whose call is not ``(tensor) -> tensor`` (attention, RNNs, bags with
+    weights): records all arguments and adds one slice of a single flat zero tensor ``z`` to each
+    floating output leaf, so ``∂L/∂z`` holds the backprop of every output. Also counts how often
+    the call's own graph (from its outputs back to its arguments) uses each parameter: an RNN's
+    recurrent weight enters once per step."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        problem = check(module, args, kwargs, output, n)
+        leaves, spec = tree_flatten(output)
+        slots = [isinstance(t, Tensor) and t.is_floating_point() and t.requires_grad for t in leaves]
+        if problem is None and not any(slots):
+            problem = "none of its outputs depends on its parameters"
+        if problem is not None:
+            record.problems[name] = problem
+            return None
+        first = next(t for t, used in zip(leaves, slots) if used)
+        total = sum(t.numel() for t, used in zip(leaves, slots) if used)
+        z = torch.zeros(total, dtype=first.dtype, device=first.device, requires_grad=True)
+        held = {attr: _nested_attribute(module, attr) for attr in attributes}
+        keys = {attr: graph_key(t) for attr, t in held.items() if isinstance(t, Tensor)}
+        arg_tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+        local = _local_uses([t for t, used in zip(leaves, slots) if used], arg_tensors, keys)
+        new: list[Any] = []
+        shapes: list[tuple[int, ...] | None] = []
+        offset = 0
+        for t, used in zip(leaves, slots):
+            if not used:
+                new.append(t)
+                shapes.append(None)
+                continue
+            new.append(t + z[offset : offset + t.numel()].view(t.shape).to(t.dtype))
+            shapes.append(tuple(t.shape))
+            offset += t.numel()
+        detach = lambda v: v.detach() if isinstance(v, Tensor) else v  # noqa: E731
+        inp = arg_tensors[0].detach() if arg_tensors else z.detach()
+        # the rule knows where its module keeps the examples (batch_first), so no axis is resolved
+        call = ModuleCall(
+            inp,
+            z,
+            keys,
+            axis=0,
+            args=tree_map(detach, args),
+            kwargs=tree_map(detach, kwargs),
+            output_shapes=shapes,
+            local_uses=local,
+        )
+        record.calls[name].append(call)
+        return tree_unflatten(new, spec)
+
+    return hook
+
+
+def _nested_attribute(module: nn.Module, dotted: str) -> Any:
+    """``module.a.b`` for ``"a.b"`` (``None`` when absent)."""
+    obj: Any = module
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _local_uses(outputs: list[Tensor], inputs: list[Tensor], keys: dict[str, GraphKey]) -> dict[str, int]:
+    """Autograd edges into each parameter key from the graph between ``inputs`` and ``outputs``."""
+    stop = {t.grad_fn for t in inputs if t.grad_fn is not None}
+    wanted = {key: attr for attr, key in keys.items()}
+    counts: Counter[str] = Counter()
+    seen: set[Any] = set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None and t.grad_fn not in stop]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for nxt, output_nr in node.next_functions:
+            if nxt is None:
+                continue
+            variable = getattr(nxt, "variable", None)
+            key = ("leaf", id(variable)) if variable is not None else (nxt, output_nr)
+            if key in wanted:
+                counts[wanted[key]] += 1
+            if variable is None and nxt not in stop:
+                stack.append(nxt)
+    return dict(counts)

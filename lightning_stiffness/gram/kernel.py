@@ -19,7 +19,8 @@ its rule allows (``LayerRule.example_axis_movable``), else it falls back too.
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from lightning_stiffness.gram.capture import (
     CallShapes,
     CaptureRecord,
     GraphKey,
+    ModuleCall,
     capture_calls,
     count_parameter_uses,
     graph_key,
@@ -42,6 +44,7 @@ from lightning_stiffness.gram.factors import KroneckerTerm, materialize
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses
 from lightning_stiffness.gram.reference import RowFn, loop_rows, vmap_rows
 from lightning_stiffness.gram.rules import PerExampleGrad, find_rule
+from lightning_stiffness.gram.rules.raw_parameter import RawCapture, capture_raw_parameters
 from lightning_stiffness.gram.sharding import is_sharded
 from lightning_stiffness.gram.tiling import add_dense_gram, add_ghost_gram, add_materialized_gram, add_row_gram
 
@@ -112,16 +115,25 @@ def kernel_gram(
     for owner_attrs in owners.values():
         for m, attr in owner_attrs:
             attributes[m].add(attr)
-    with capture_calls(hooked, batch.n, attributes) as record:
+    raw_candidates = {k: p for k, p in params.items() if _outside_rules(owners[k], hooked)}
+    whole_call = {name: rule.call_problem for name, m in hooked.items() if (rule := find_rule(m)) and rule.whole_call}
+    with (
+        capture_calls(hooked, batch.n, attributes, whole_call) as record,
+        capture_raw_parameters(raw_candidates, batch.n) as raw,
+    ):
         outputs = call_model(model, batch.inputs)
     losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
     uses = count_parameter_uses(losses.sum())
 
-    covered, _ = _coverage(params, owners, modules, hooked, record, uses)
+    covered, fallback, direct = _coverage(params, owners, modules, hooked, record, uses, raw, raw_candidates)
     calls_needed = {m for pname in covered for m, _ in covered[pname]}
     zs = [c.z for m in sorted(calls_needed) for c in record.calls[m] if uses[graph_key(c.z)] > 0]
+    zs += raw.zs(direct, uses)
     backprops = dict(zip(map(id, zs), torch.autograd.grad(losses.sum(), zs))) if zs else {}
     del outputs, losses
+    for pname in sorted(direct, key=list(params).index):
+        uses_of_p: list[PerExampleGrad] = list(raw.per_example_grads(pname, backprops, acc.gram.dtype))
+        acc.strategies[pname] = _add_parameter_gram(acc.target(block_name(pname)), uses_of_p, memory_budget, "auto")
 
     # The shape trace runs after the backward: FSDP2 plans its backward prefetches from the order
     # of the forwards before it, and ranks whose backward stops at different layers must agree.
@@ -129,7 +141,9 @@ def kernel_gram(
     if other is not None:
         movable = {name: getattr(find_rule(m), "example_axis_movable", False) for name, m in hooked.items()}
         resolve_example_axes(record, trace_shapes(model, hooked, other), batch.n, other.n, movable)
-    covered, fallback = _coverage(params, owners, modules, hooked, record, uses)
+    # calls whose example axis is unknown now send their parameters to the fallback
+    covered, fallback, _ = _coverage(params, owners, modules, hooked, record, uses, raw, raw_candidates)
+    del raw
 
     # Rule outputs are computed once per module and freed after its last parameter (unfolded
     # conv patches are large), so at most one layer's per-example factors are alive at a time.
@@ -224,16 +238,7 @@ def _module_grads(
     """The layer rule's per-example gradients for every call of ``module`` that reached the loss."""
     rule = find_rule(module)
     assert rule is not None
-    grads = []
-    for call in calls:
-        if id(call.z) not in backprops:
-            continue
-        axis = call.axis
-        assert axis is not None, "a covered module has a call whose example axis was not resolved"
-        inp = call.inp.to(dtype) if call.inp.is_floating_point() else call.inp
-        grad_out = backprops[id(call.z)].to(dtype)
-        grads.append(rule.per_example_grads(module, inp.movedim(axis, 0), grad_out.movedim(axis, 0)))
-    return grads
+    return [rule.call_grads(module, call, backprops[id(call.z)], dtype) for call in calls if id(call.z) in backprops]
 
 
 def _add_parameter_gram(out: Tensor, parts: list[PerExampleGrad], memory_budget: float, strategy: LayerStrategy) -> str:
@@ -267,6 +272,25 @@ def _owners(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, list
             if p is not None and id(p) in by_id and (id(module), attr) not in seen:
                 seen.add((id(module), attr))
                 owners[by_id[id(p)]].append((mname, attr))
+    return _claim_nested(model, owners, by_id)
+
+
+def _claim_nested(
+    model: nn.Module, owners: dict[str, list[tuple[str, str]]], by_id: dict[int, str]
+) -> dict[str, list[tuple[str, str]]]:
+    """Give a parameter of a submodule to the enclosing module whose whole-call rule names it
+    (``MultiheadAttention`` reads ``out_proj.weight`` without calling ``out_proj``)."""
+    for mname, module in model.named_modules():
+        rule = find_rule(module)
+        if rule is None or not rule.whole_call:
+            continue
+        for dotted in (a for a in rule.parameter_names if "." in a):
+            sub, _, attr = dotted.rpartition(".")
+            p = getattr(module.get_submodule(sub), attr, None) if hasattr(module, sub.split(".")[0]) else None
+            if isinstance(p, nn.Parameter) and id(p) in by_id:
+                inner = f"{mname}.{sub}" if mname else sub
+                pname = by_id[id(p)]
+                owners[pname] = [o for o in owners[pname] if o != (inner, attr)] + [(mname, dotted)]
     return owners
 
 
@@ -276,19 +300,37 @@ def _coverage(
     modules: dict[str, nn.Module],
     hooked: dict[str, nn.Module],
     record: CaptureRecord,
-    uses: dict[GraphKey, int],
-) -> tuple[dict[str, list[tuple[str, str]]], dict[str, str]]:
-    """Split ``params`` into those the captured calls cover (→ their owners) and those that
-    need the fallback (→ why); unused parameters are in neither."""
+    uses: Counter[GraphKey],
+    raw: RawCapture,
+    raw_candidates: Mapping[str, nn.Parameter],
+) -> tuple[dict[str, list[tuple[str, str]]], dict[str, str], set[str]]:
+    """Split ``params`` into those the captured calls cover (→ their owners), those that need the
+    fallback (→ why) and those used directly in a forward that the raw-parameter capture covers;
+    unused parameters are in none."""
     covered: dict[str, list[tuple[str, str]]] = {}
     fallback: dict[str, str] = {}
+    direct: set[str] = set()
     for pname, p in params.items():
         reason = _coverage_problem(p, owners[pname], modules, hooked, record.calls, record.problems, uses)
         if reason is None:
             covered[pname] = owners[pname]
         elif reason != "unused":
-            fallback[pname] = reason
-    return covered, fallback
+            direct_problem = raw.coverage_problem(pname, uses) if pname in raw_candidates else reason
+            if direct_problem is None:
+                direct.add(pname)
+            else:
+                fallback[pname] = reason if direct_problem == reason else f"{reason} ({direct_problem})"
+    return covered, fallback, direct
+
+
+def _outside_rules(owner_attrs: list[tuple[str, str]], hooked: dict[str, nn.Module]) -> bool:
+    """Whether some module holding the parameter has no rule for it (so it is used directly in a
+    ``forward``, a case for the raw-parameter capture)."""
+    for mname, attr in owner_attrs:
+        rule = find_rule(hooked[mname]) if mname in hooked else None
+        if rule is None or attr not in rule.parameter_names:
+            return True
+    return False
 
 
 def _coverage_problem(
@@ -322,11 +364,17 @@ def _coverage_problem(
             return f"{mname}: {reason}"
         if rule is not None and attr not in rule.parameter_names:
             return f"{mname}: the {type(module).__name__} rule has no gradient for its parameter {attr!r}"
-        captured += sum(1 for c in calls[mname] if uses.get(graph_key(c.z), 0) > 0)
+        captured += sum(_uses_in_call(c, attr) for c in calls[mname] if uses.get(graph_key(c.z), 0) > 0)
     if captured != total_uses:
         names = ", ".join(m or "<root>" for m, _ in owner_attrs)
         return f"{names}: parameter used {total_uses}x in the graph but {captured}x through its module's forward"
     return None
+
+
+def _uses_in_call(call: ModuleCall, attr: str) -> int:
+    """How often one captured call used the parameter: once for a layer-rule call, as counted in
+    its own graph for a whole-call capture (an RNN's recurrent weight enters once per step)."""
+    return 1 if call.local_uses is None else call.local_uses.get(attr, 0)
 
 
 def _warn_fallback(fallback: dict[str, str]) -> None:

@@ -1,13 +1,22 @@
 """Layer rules for the kernel engine; importing this package registers all of them."""
 
 from lightning_stiffness.gram.rules import (  # noqa: F401  (registration)
+    attention,
     conv,
+    conv_transpose,
     embedding,
+    embedding_bag,
     hf_conv1d,
     hf_rms_norm,
     hf_scaled_embedding,
+    instance_norm,
     linear,
+    local_modules,
     norm,
+    norm2d,
+    prelu,
+    recurrent,
+    timm_norm,
 )
 from lightning_stiffness.gram.rules.base import (
     LayerRule,

@@ -15,10 +15,15 @@ Adding a layer type is one new file with a subclass of :class:`LayerRule` decora
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lightning_stiffness.gram.capture import ModuleCall
 
 from lightning_stiffness.gram.factors import KroneckerTerm
 
@@ -52,9 +57,30 @@ class LayerRule:
     #: (a time-first layer's ``(T, N, d)``) can be moved to the front before calling it.
     example_axis_movable: bool = False
 
+    #: ``True``: the capture records every argument and the backprop of every output (see
+    #: :meth:`call_problem`, :meth:`call_grads`); dotted ``parameter_names`` (``"out_proj.weight"``)
+    #: then claim parameters of submodules the module uses without calling them.
+    whole_call: bool = False
+
     def unsupported_reason(self, module: nn.Module) -> str | None:
         """Why this particular module instance cannot use the rule (``None``: it can)."""
         return None
+
+    def call_problem(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, n: int
+    ) -> str | None:
+        """Whole-call rules: why this call (arguments, output, ``n`` examples) is not covered."""
+        return None
+
+    def call_grads(
+        self, module: nn.Module, call: ModuleCall, grad_z: Tensor, dtype: torch.dtype
+    ) -> dict[str, PerExampleGrad]:
+        """Per-example gradients for one captured call, from ``∂L/∂z`` (computed in ``dtype``),
+        with the call's example axis moved to the front (see :attr:`example_axis_movable`)."""
+        axis = call.axis
+        assert axis is not None, "a covered module has a call whose example axis was not resolved"
+        inp = call.inp.to(dtype) if call.inp.is_floating_point() else call.inp
+        return self.per_example_grads(module, inp.movedim(axis, 0), grad_z.to(dtype).movedim(axis, 0))
 
     def per_example_grads(self, module: nn.Module, inp: Tensor, grad_out: Tensor) -> dict[str, PerExampleGrad]:
         """Map parameter attribute name (``"weight"``, ``"bias"``) to its per-example gradient."""
@@ -99,9 +125,27 @@ def _registered(cls: type) -> LayerRule | None:
     return _REGISTRY.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
 
 
+_PENDING: dict[str, list[Callable[[], None]]] = {}
+
+
+def register_when_imported(package: str, register: Callable[[], None]) -> None:
+    """Run ``register`` (which imports third-party classes and registers rules for them) once
+    ``package`` has been imported by someone else: a model built with timm has imported timm
+    before its Gram is measured, and lightning-stiffness never imports the library itself."""
+    _PENDING.setdefault(package, []).append(register)
+    _register_pending()
+
+
+def _register_pending() -> None:
+    for package in [p for p in _PENDING if p in sys.modules]:
+        for register in _PENDING.pop(package):
+            register()
+
+
 def find_rule(module: nn.Module) -> LayerRule | None:
     """The rule registered for ``module``'s class or the nearest base class whose ``forward``
     it still uses; ``None`` when no rule applies (the engine then falls back to vmap)."""
+    _register_pending()
     cls = type(module)
     for base in cls.__mro__:
         rule = _registered(base)
@@ -112,6 +156,7 @@ def find_rule(module: nn.Module) -> LayerRule | None:
 
 def registered_types() -> list[type[nn.Module]]:
     """Module types with a registered rule (for documentation and error messages)."""
+    _register_pending()
     return list(_REGISTRY)
 
 

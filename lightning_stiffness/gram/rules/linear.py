@@ -1,6 +1,7 @@
 """``nn.Linear`` with any number of leading dimensions: ``y_nt = W a_nt + c``.
 
-``∂ℓ_n/∂W = Σ_t b_nt ⊗ a_nt`` with ``b = ∂ℓ/∂y``; ``∂ℓ_n/∂c = Σ_t b_nt``.
+``∂ℓ_n/∂W = Σ_t b_nt ⊗ a_nt`` with ``b = ∂ℓ/∂y``; ``∂ℓ_n/∂c = Σ_t b_nt``. timm's ``Linear``
+(the same ``F.linear``, with its own ``forward`` for TorchScript) is registered once timm is imported.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightning_stiffness.gram.factors import DenseFactor, KroneckerTerm
-from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
+from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule, register_when_imported
 
 __all__ = ["LinearRule"]
 
@@ -25,3 +26,12 @@ class LinearRule(LayerRule):
         if getattr(module, "bias", None) is not None:
             grads["bias"] = b.sum(dim=(1, 2))
         return grads
+
+
+def _register_timm() -> None:
+    from timm.layers.linear import Linear
+
+    register_rule(Linear)(LinearRule)
+
+
+register_when_imported("timm", _register_timm)

@@ -20,8 +20,11 @@ from lightning_stiffness.report.plots import at_epoch_end, at_loss_threshold, lo
 from lightning_stiffness.report.runs import Run
 
 HOLDS, FAILS, UNMEASURABLE, FINDING = "holds", "does not hold", "not measurable", "finding"
-#: Claim 4's plateau: smoothed training loss within this fraction of ln C (C classes).
-PLATEAU_TOLERANCE = 0.05
+#: Claim 4's plateau: smoothed training loss within this fraction of ln C (C classes). Wider than
+#: the smoothed loss's noise on the plateau (±0.2% on MNIST, docs/reproducing.md) and narrower than
+#: the start of fitting: at 4% below ln C train-train between-class stiffness had already relaxed
+#: from −1.00 to −0.51 on that run, so a 5% band would test the transition, not the plateau.
+PLATEAU_TOLERANCE = 0.01
 #: The memorisation phase of a permuted-label run: smoothed training loss below this fraction of ln C.
 MEMORISING_FRACTION = 0.5
 
@@ -96,7 +99,8 @@ def between_rises_early(runs: Sequence[Run]) -> ClaimResult:
         (above_start, start_text), (above_zero, zero_text) = _test(peak, ">", start), _test(peak, ">", 0)
         ok.append(above_start and above_zero)
         parts.append(
-            f"{r.name}: early max (steps {first_half[0].step}–{first_half[-1].step}) {start_text} (step 0), {zero_text}"
+            f"{r.name}: early max over steps {first_half[0].step}–{first_half[-1].step} vs step 0: {start_text}; "
+            f"vs 0: {zero_text}"
         )
     return _result(
         2,
@@ -396,11 +400,14 @@ def deeper_layers_smaller_domains(runs: Sequence[Run]) -> ClaimResult:
 def splits_agree(runs: Sequence[Run], tolerance: float = 0.1) -> ClaimResult:
     claim = f"Train-train, train-val and val-val stiffness agree (max |Δ| < {tolerance})"
     rule = (
-        "per run with ≥ 2 split blocks: the largest spread (max − min over the blocks) of sign within and of sign "
-        f"between, over all measurements, < {tolerance}; holds when every such run passes"
+        "per true-label run with ≥ 2 split blocks: the largest spread (max − min over the blocks) of sign within and "
+        f"of sign between, over all measurements, < {tolerance}; holds when every such run passes (permuted-label "
+        "runs are left out: their train and val labels differ by design)"
     )
     parts, ok = [], []
     for r in runs:
+        if r.permuted_labels:
+            continue
         gaps = []
         for m in r.measurements:
             blocks = [v for k, v in m.summaries["sign"].items() if k != "all"]

@@ -113,9 +113,13 @@ def merge_versions(versions: Sequence[Version]) -> list[Measurement]:
     for a, b in itertools.combinations(ordered, 2):
         why = difference(a, b)
         if why is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                runs = len(group_versions(ordered))
             raise ValueError(
-                f"{a.path} and {b.path} are not versions of one resumed run: {why}. Pass one run's directory, "
-                "or load several runs with lightning_stiffness.report.load_runs"
+                f"{a.path} and {b.path} are not versions of one resumed run ({why}): the folders hold measurements "
+                f"of {runs} runs. Pass one run's directory, or load several runs with "
+                "lightning_stiffness.report.load_runs"
             )
     merged: list[Measurement] = []
     dropped: list[str] = []

@@ -248,7 +248,13 @@ def lr_critical_length_figure(
     if ax.lines or ax.collections:
         ax.legend(fontsize=7)
     else:
-        no_data_note(ax, f"no run has a positive, finite ξ ({estimator}) at training loss {threshold:g}")
+        reached = sum(1 for r in runs if at_loss_threshold(r, threshold) is not None)
+        no_data_note(
+            ax,
+            f"no run has a positive, finite ξ ({estimator}) at training loss {threshold:g}"
+            if reached
+            else f"no run reached training loss {threshold:g}",
+        )
     fig.tight_layout()
     return fig
 
@@ -274,8 +280,8 @@ def thresholds_not_reached(runs: Sequence[Run]) -> str:
         if m.train_loss is not None and math.isfinite(m.train_loss)
     ]
     reached = (
-        f"lowest smoothed training loss measured: {min(losses)[0]:.3g} ({min(losses)[1]}, step {min(losses)[2]})"
+        f"lowest smoothed training loss measured: {min(losses)[0]:.3g}\n({min(losses)[1]}, step {min(losses)[2]})"
         if losses
         else "no smoothed training loss was recorded"
     )
-    return f"loss thresholds {', '.join(f'{t:g}' for t in wanted)} were set but not reached\n{reached}"
+    return f"loss thresholds {', '.join(f'{t:g}' for t in wanted)}\nwere set but not reached;\n{reached}"

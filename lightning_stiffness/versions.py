@@ -164,3 +164,6 @@ def group_versions(versions: Sequence[Version]) -> list[list[Version]]:
             )
         groups.append([v])
     return groups
+
+
+__all__ = ["IDENTITY_KEYS", "Version", "difference", "group_versions", "merge_versions", "read_run_info"]

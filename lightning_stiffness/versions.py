@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +74,16 @@ def _probe(m: Measurement) -> dict[str, list[Any]]:
     return {"labels": m.labels.tolist(), "splits": m.splits.tolist(), "split names": list(m.split_names)}
 
 
+def _canonical(value: Any) -> str:
+    """``value`` as sorted JSON, with the memory addresses in object reprs (``<... at 0x7f...>``,
+    which ``run.json`` holds for settings that are objects) removed: they differ between the
+    processes of one resumed run."""
+    return _ADDRESS.sub("", json.dumps(value, sort_keys=True, default=str))
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _short(value: Any, limit: int = 80) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -88,7 +99,7 @@ def difference(a: Version, b: Version) -> str | None:
         if key == "probe" and (key not in a.info or key not in b.info):
             continue
         left, right = _lookup(a.info, key), _lookup(b.info, key)
-        if json.dumps(left, sort_keys=True, default=str) != json.dumps(right, sort_keys=True, default=str):
+        if _canonical(left) != _canonical(right):
             return f"run.json {key} differs ({_short(left)} in {a.path.name}, {_short(right)} in {b.path.name})"
     pa, pb = _probe(a.measurements[0]), _probe(b.measurements[0])
     for key in pa:

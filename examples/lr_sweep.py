@@ -30,6 +30,7 @@ import yaml
 from lightning_stiffness import StiffnessCallback
 from lightning_stiffness.experiments.cli import run_cli
 from lightning_stiffness.experiments.models import representation_layers
+from lightning_stiffness.settings import config_setting, set_config_setting
 
 DEFAULT_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)  # paper v1 grid (Fig. 10, Fashion-MNIST; Fig. 8 adds 1e-6, 3e-6)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "mnist5k_fc_v1.yaml"
@@ -69,8 +70,8 @@ def sweep_config(base: dict[str, Any], lr: float, out: Path, name: str, max_epoc
     arch = str(model_args.get("arch", ""))
     for cb in callbacks:
         cb_args = cb.setdefault("init_args", {})
-        if not cb_args.get("representation_layers") and arch.startswith("fc"):
-            cb_args["representation_layers"] = representation_layers(arch, model_args.get("hidden"))
+        if not config_setting(cb_args, "representation_layers") and arch.startswith("fc"):
+            set_config_setting(cb_args, "representation_layers", representation_layers(arch, model_args.get("hidden")))
     return config
 
 

@@ -1,8 +1,9 @@
 """From a Gram to a :class:`~lightning_stiffness.measurement.Measurement`: the stiffness
-analytics of paper §1 applied to one probe, all cheap functions of G, the labels and distances."""
+analytics of docs/concepts.md applied to one probe, all cheap functions of G, the labels and distances."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from lightning_stiffness.analytics import (
     superclass_stats,
 )
 from lightning_stiffness.measurement import Measurement
+
+__all__ = ["AnalysisConfig", "add_distance_analysis", "analyze", "scalar_metrics", "stiffness_matrices"]
 
 PAIR_KINDS = ("within", "between", "all")
 ESTIMATORS = ("zero_crossing", "linear_fit")
@@ -149,6 +152,51 @@ def add_distance_analysis(
                 bootstrap=cfg.bootstrap,
                 seed=cfg.seed,
             )
+
+
+def analyze_without_classes(
+    gram: Tensor,
+    splits: Tensor,
+    split_names: tuple[str, ...],
+    *,
+    step: int,
+    epoch: int,
+    trigger: str,
+    distances: Mapping[str, Tensor] | None = None,
+    blocks: Mapping[str, Tensor] | None = None,
+    config: AnalysisConfig | None = None,
+) -> Measurement:
+    """:func:`analyze` for targets that are not class labels (regression, multi-label, token
+    labels): stiffness is defined for any loss (v1 Eq. 5 needs only g_i·g_j), so overall
+    stiffness (pairs i ≠ j), split blocks, stiffness against distance and ξ over all pairs,
+    m-coherence and layer-wise stiffness are computed; the class statistics (class matrices,
+    within/between) are not defined and are left out — the matrices are empty, the summaries'
+    ``within``/``between`` are NaN and ``Measurement.class_statistics`` is ``False``."""
+    cfg = dataclasses.replace(config or AnalysisConfig(), num_classes=1, critical_length_pairs="all", superclasses=None)
+    one_group = torch.zeros(gram.shape[0], dtype=torch.long)
+    m = analyze(
+        gram,
+        one_group,
+        splits,
+        split_names,
+        step=step,
+        epoch=epoch,
+        trigger=trigger,
+        distances=distances,
+        blocks=blocks,
+        config=cfg,
+    )
+    nan = float("nan")
+    m.summaries = {
+        kind: {pairs: StiffnessSummary(nan, nan, s.all) for pairs, s in per_pairs.items()}
+        for kind, per_pairs in m.summaries.items()
+    }
+    m.layers = {name: StiffnessSummary(nan, nan, s.all) for name, s in m.layers.items()}
+    m.class_sign = torch.empty(0, 0)
+    m.class_cos = torch.empty(0, 0)
+    m.curves = {key: curve for key, curve in m.curves.items() if key.endswith("/all")}
+    m.class_statistics = False
+    return m
 
 
 def scalar_metrics(m: Measurement) -> dict[str, float]:

@@ -36,6 +36,8 @@ from torch.func import functional_call, grad, vmap
 from lightning_stiffness.gram import per_example_gram
 from lightning_stiffness.gram.inputs import call_model, default_loss
 
+__all__ = ["main"]
+
 
 @dataclass
 class BenchCase:

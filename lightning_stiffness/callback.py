@@ -23,19 +23,45 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from lightning_stiffness.analysis import AnalysisConfig, analyze
+from lightning_stiffness.analysis import AnalysisConfig, analyze, analyze_without_classes, scalar_metrics
 from lightning_stiffness.analytics import capture_representations, cosine_distance_matrix, input_distances
 from lightning_stiffness.gram import GramResult, per_example_gram, select_parameters
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
-from lightning_stiffness.gram.inputs import LossFn, ProbeBatch
+from lightning_stiffness.gram.inputs import ProbeBatch
 from lightning_stiffness.gram.sharding import is_sharded
 from lightning_stiffness.log import custom_scalars_layout, log_images, log_scalars, tensorboard_writers
-from lightning_stiffness.measurement import Measurement, load_measurement, save_measurement
-from lightning_stiffness.probe import BatchAdapter, ProbeData, ProbeSpec, choose_probe, collate_probe, split_batch
+from lightning_stiffness.measurement import (
+    Measurement,
+    MeasurementFormatError,
+    load_measurement,
+    save_measurement,
+    write_text_atomic,
+)
+from lightning_stiffness.probe import (
+    BatchAdapter,
+    ProbeData,
+    ProbeSpec,
+    choose_probe,
+    collate_probe,
+    split_batch,
+)
 from lightning_stiffness.schedule import MeasurementSchedule
+from lightning_stiffness.settings import (
+    SPLITS,
+    GramSettings,
+    MeasureSettings,
+    OutputSettings,
+    ProbeSettings,
+    ScheduleSettings,
+    Settings,
+    resolve_settings,
+    settings_record,
+)
 from lightning_stiffness.strategies import ProbeTarget, probe_target, strategy_problem
+from lightning_stiffness.structure import CallPlan, ProbeStructureError, find_call_plan
 
-SPLITS = ("train", "val")
+__all__ = ["StiffnessCallback"]
+
 #: Relative error above which the first-measurement cross-check warns (float32 Grams agree to ~1e-6).
 VERIFY_TOLERANCE = 1e-3
 
@@ -57,43 +83,24 @@ class StiffnessCallback(Callback):
     under DDP, FSDP (``FSDPStrategy``, use_orig_params=True) and ``ModelParallelStrategy``
     (FSDP2): every rank computes a share of the Gram; global rank 0 analyses, saves and logs.
 
+    Settings come in six groups, each a frozen, validated dataclass that defines its fields once
+    (:mod:`~lightning_stiffness.settings`): ``schedule=`` :class:`ScheduleSettings` (when),
+    ``probe=`` :class:`ProbeSettings` (which examples), ``gram=`` :class:`GramSettings` (how the
+    Gram is computed), ``measure=`` :class:`MeasureSettings` (distances, layers, super-classes),
+    ``analysis=`` :class:`AnalysisConfig` (how the Gram becomes statistics) and ``output=``
+    :class:`OutputSettings` (images, save directory). For the common case any of their fields
+    may be given as a flat keyword instead: ``StiffnessCallback(every_n_steps=50, per_class=10,
+    loss_fn=...)``. A name given both ways, or an unknown name, is an error.
+
+    The Lightning properties the callback reads on one rank only are all rank-local; the one
+    collective (``Trainer.log_dir``) is read on every rank at train start.
+
     Args:
-        every_n_steps: measure every n optimizer steps (None: only the other triggers).
-        at_start: measure at step 0, before any update.
-        log_points_per_decade: also measure at log-spaced steps (None: off).
-        at_epoch_end: also measure at the end of each training epoch.
-        loss_thresholds: measure the first time the smoothed training loss is ≤ each value.
-        loss_smoothing: EMA factor for that training loss.
-        splits: where the probe comes from: any of ``"train"``, ``"val"`` (default: ``"train"``, plus
-            ``"val"`` when the trainer has validation data; said once at info level).
-        per_class: probe examples per class and split (paper: ~15 (v1) to ~50 (v3) for 10 classes).
-        seed: seed of the probe draw (and of the bootstrap).
-        probe_datasets: explicit datasets per split name (default: the trainer's dataloaders).
-        batch_adapter: ``callable(batch) -> (inputs, targets)`` (default: ``(x, y)`` tuples or
-            dicts with ``labels``).
-        loss_fn: ``callable(outputs, targets) -> (N,)`` per-example losses (default:
-            cross-entropy on the logits the module returns).
-        module_attr: measure this submodule of the LightningModule (e.g. ``"model"``) instead of
-            the module itself.
-        method: Gram method, see :func:`~lightning_stiffness.per_example_gram`.
-        params: restrict the gradient to these parameters/modules (names or objects).
-        memory_budget: bytes of temporaries for the Gram (default: automatic).
-        num_classes: number of classes (default: from the probe labels).
-        include_self: keep i=j pairs in class matrices (paper v3 excludes them).
-        input_distance: compute stiffness vs input-space cosine distance (tensor inputs only).
-        representation_layers: module names whose outputs give layer-wise distances (v1 Fig. 9).
-        layerwise: also stiffness of each layer's own gradient block.
-        bins, critical_length_pairs, max_distance, bootstrap: see :class:`AnalysisConfig`.
-        log_images: TensorBoard images/histograms/figures (needs a ``TensorBoardLogger``).
-        image_every: log images at every k-th measurement.
-        superclasses: fine class → super-class map, or ``"datamodule"`` to read
-            ``trainer.datamodule.superclasses``; class matrices are then reordered with block
-            borders and same- vs different-super-class statistics are logged (CIFAR-100).
-        save_dir: where measurements are saved (default ``<trainer.log_dir>/stiffness``).
-        verify: at the first measurement, recompute the Gram of this many probe examples with
-            plain per-example autograd (``method="loop"``) and warn if the fast Gram disagrees —
-            a model that mixes examples in its forward, or feeds a layer time-first input, is
-            caught there (0: skip). The result is in ``verification``.
+        every_n_steps: measure every n optimizer steps (None: only the other triggers); the one
+            setting worth a positional place. See :class:`ScheduleSettings`.
+        schedule, probe, gram, measure, analysis, output: the settings groups (default: each
+            group's defaults, with the flat keywords applied).
+        **settings: any field of the groups by name.
 
     Example:
         >>> import torch, lightning as L
@@ -127,78 +134,27 @@ class StiffnessCallback(Callback):
         self,
         every_n_steps: int | None = 50,
         *,
-        at_start: bool = True,
-        log_points_per_decade: int | None = None,
-        at_epoch_end: bool = False,
-        loss_thresholds: Sequence[float] = (),
-        loss_smoothing: float = 0.9,
-        splits: Sequence[str] | None = None,
-        per_class: int = 25,
-        seed: int = 0,
-        probe_datasets: Mapping[str, Dataset] | None = None,
-        batch_adapter: BatchAdapter | None = None,
-        loss_fn: LossFn | None = None,
-        module_attr: str | None = None,
-        method: str = "auto",
-        params: Any = None,
-        memory_budget: float | None = None,
-        num_classes: int | None = None,
-        include_self: bool = False,
-        input_distance: bool = True,
-        representation_layers: Sequence[str] = (),
-        layerwise: bool = False,
-        bins: int = 30,
-        critical_length_pairs: str = "within",
-        max_distance: float | None = None,
-        bootstrap: int = 0,
-        log_images: bool = True,
-        image_every: int = 1,
-        superclasses: Sequence[int] | str | None = None,
-        save_dir: str | None = None,
-        verify: int = 3,
+        schedule: ScheduleSettings | None = None,
+        probe: ProbeSettings | None = None,
+        gram: GramSettings | None = None,
+        measure: MeasureSettings | None = None,
+        analysis: AnalysisConfig | None = None,
+        output: OutputSettings | None = None,
+        **settings: Any,
     ) -> None:
-        splits = tuple(splits) if splits is not None else None
-        unknown = [s for s in splits or () if s not in SPLITS and not (probe_datasets and s in probe_datasets)]
-        if splits is not None and (not splits or unknown):
-            raise ValueError(f"splits must be a non-empty subset of {SPLITS} (or keys of probe_datasets), got {splits}")
-        if per_class < 1:
-            raise ValueError(f"per_class must be >= 1, got {per_class}")
-        if method not in ("auto", "kernel", "vmap", "loop"):
-            raise ValueError(f"method must be 'auto', 'kernel', 'vmap' or 'loop', got {method!r}")
-        if critical_length_pairs not in ("within", "between", "all"):
-            raise ValueError(
-                f"critical_length_pairs must be 'within', 'between' or 'all', got {critical_length_pairs!r}"
-            )
-        if image_every < 1:
-            raise ValueError(f"image_every must be >= 1, got {image_every}")
-        self.schedule = MeasurementSchedule(
-            every_n_steps, at_start, log_points_per_decade, at_epoch_end, tuple(loss_thresholds), loss_smoothing
-        )
-        self.splits: tuple[str, ...] | None = splits
-        self.per_class = per_class
-        self.seed = seed
-        self.probe_datasets = dict(probe_datasets) if probe_datasets is not None else None
-        self.batch_adapter = batch_adapter or split_batch
-        self.loss_fn = loss_fn
-        self.module_attr = module_attr
-        self.method = method
-        self.params = params
-        self.memory_budget = memory_budget
-        self.input_distance = input_distance
-        self.representation_layers = tuple(representation_layers)
-        self.layerwise = layerwise
-        self.analysis = AnalysisConfig(
-            num_classes, include_self, bins, critical_length_pairs, max_distance, bootstrap, seed
-        )
-        self.log_images = log_images
-        self.image_every = image_every
-        if isinstance(superclasses, str) and superclasses != "datamodule":
-            raise ValueError(f"superclasses must be a sequence of ints or 'datamodule', got {superclasses!r}")
-        self.superclasses: Sequence[int] | str | None = superclasses
-        self.save_dir = save_dir
-        if verify < 0:
-            raise ValueError(f"verify must be >= 0, got {verify}")
-        self.verify = verify
+        if schedule is None:
+            settings["every_n_steps"] = every_n_steps
+        elif every_n_steps != ScheduleSettings.every_n_steps:  # the top-level value beside a schedule group
+            if schedule.every_n_steps not in (ScheduleSettings.every_n_steps, every_n_steps):
+                raise TypeError(
+                    f"every_n_steps given twice: {every_n_steps} and schedule.every_n_steps={schedule.every_n_steps}"
+                )
+            schedule = dataclasses.replace(schedule, every_n_steps=every_n_steps)
+        groups = dict(schedule=schedule, probe=probe, gram=gram, measure=measure, analysis=analysis, output=output)
+        self.settings: Settings = resolve_settings(groups, settings)
+        self.schedule = MeasurementSchedule.from_settings(self.settings.schedule)
+        self.analysis: AnalysisConfig = self.settings.analysis
+        self.module_attr: str | None = self.settings.gram.module_attr  # may be adopted at train start
         self.verification: dict[str, Any] | None = None
 
         self.measurements: list[Measurement] = []
@@ -215,12 +171,17 @@ class StiffnessCallback(Callback):
         self._train_seconds_before = 0.0  # training wall-clock of earlier (resumed-from) fits
         self._train_start: float | None = None
         self._save_path: Path | None = None
+        self._images_on = self.settings.output.log_images
 
     # ------------------------------------------------------------------ Lightning hooks
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(splits=self.splits or SPLITS, per_class=self.per_class, seed=self.seed)
+        return self._generate_state_key(
+            splits=self.settings.probe.splits or SPLITS,
+            per_class=self.settings.probe.per_class,
+            seed=self.settings.probe.seed,
+        )
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -228,14 +189,16 @@ class StiffnessCallback(Callback):
         problem = strategy_problem(trainer.strategy)
         if problem:
             raise MisconfigurationException(f"StiffnessCallback: {problem}")
-        if self.log_images and not tensorboard_writers(trainer.loggers):
-            raise MisconfigurationException(
-                "StiffnessCallback(log_images=True) needs a TensorBoardLogger to receive images, but the trainer "
-                f"has {[type(lg).__name__ for lg in trainer.loggers] or 'no logger'}. Add "
-                "Trainer(logger=TensorBoardLogger(...)) or pass StiffnessCallback(log_images=False)."
+        self._images_on = self.settings.output.log_images and bool(tensorboard_writers(trainer.loggers))
+        if self.settings.output.log_images and not self._images_on:
+            rank_zero_info(
+                "StiffnessCallback: no logger of this Trainer takes images "
+                f"({[type(lg).__name__ for lg in trainer.loggers] or 'no logger'}), so heatmaps and figures are "
+                "skipped; scalars still go to every logger and measurements are saved. Add a TensorBoardLogger for "
+                "images, or pass log_images=False to silence this."
             )
         try:  # fail at setup, not at every measurement, on a wrong module_attr or params name
-            select_parameters(self._measured_module(pl_module), self.params)
+            select_parameters(self._measured_module(pl_module), self.settings.gram.params)
         except (AttributeError, ValueError, TypeError) as err:
             raise MisconfigurationException(f"StiffnessCallback: {err}") from err
 
@@ -247,7 +210,9 @@ class StiffnessCallback(Callback):
         self._save_path = self._resolve_directory(trainer)
         if not self._participates(trainer):
             return
-        self._prepare_probe(trainer)
+        start = time.perf_counter()
+        self._prepare_probe(trainer, pl_module)
+        self._measure_seconds += time.perf_counter() - start
         if trainer.is_global_zero:
             self._save_run_info(trainer, pl_module)
         for writer in tensorboard_writers(trainer.loggers):
@@ -260,6 +225,10 @@ class StiffnessCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = _loss_value(outputs)
+        if loss is not None and pl_module.automatic_optimization:
+            # Lightning hands callbacks the loss divided by accumulate_grad_batches (what it
+            # backpropagates); thresholds and the smoothed loss are about the true training loss
+            loss *= trainer.accumulate_grad_batches
         if self.schedule.loss_thresholds and is_distributed():
             # thresholds must trigger on every rank at the same step: agree on the mean loss
             local = torch.tensor(math.nan if loss is None else loss, device=pl_module.device)
@@ -305,9 +274,25 @@ class StiffnessCallback(Callback):
         self._train_seconds_before = float(state_dict.get("train_seconds", 0.0))
         self._measured_steps = {int(s) for s in state_dict.get("measured_steps", [])}
         self.saved_files = [f for f in state_dict.get("saved_files", []) if Path(f).exists()]
-        self.measurements = [load_measurement(f) for f in self.saved_files]
+        self.measurements = []
+        damaged = []
+        for f in list(self.saved_files):
+            try:
+                self.measurements.append(load_measurement(f))
+            except MeasurementFormatError:
+                damaged.append(f)
+                self.saved_files.remove(f)
+        if damaged:
+            rank_zero_warn(
+                f"StiffnessCallback: {len(damaged)} saved measurement file(s) of the resumed run cannot be read and "
+                f"are left out of the history: {damaged}"
+            )
 
     # ------------------------------------------------------------------ internals
+
+    @property
+    def _adapter(self) -> BatchAdapter:
+        return self.settings.probe.batch_adapter or split_batch
 
     def _train_seconds(self) -> float:
         """Training wall-clock so far, across resumed fits (measurements included)."""
@@ -325,8 +310,8 @@ class StiffnessCallback(Callback):
     def _resolve_directory(self, trainer: Trainer) -> Path:
         """Where measurements go. Reads ``trainer.log_dir``, a collective under multi-process
         strategies, so it is called on every rank at the same point (``on_train_start``)."""
-        if self.save_dir:
-            return Path(self.save_dir)
+        if self.settings.output.save_dir:
+            return Path(self.settings.output.save_dir)
         return Path(trainer.log_dir or trainer.default_root_dir) / "stiffness"
 
     def _directory(self, trainer: Trainer) -> Path:
@@ -339,48 +324,39 @@ class StiffnessCallback(Callback):
         """``run.json`` beside the measurements: the module's hyperparameters (e.g. the learning
         rate, for sweeps) and the measurement settings, so reports need no other source."""
         datamodule = getattr(trainer, "datamodule", None)
+        record = settings_record(self.settings)
+        # what this run actually used: the splits drawn, the adopted submodule, the resolved super-classes
+        record["probe"]["splits"] = list(self.probe_spec.split_names) if self.probe_spec else record["probe"]["splits"]
+        record["gram"]["module_attr"] = self.module_attr
+        superclasses = list(self.analysis.superclasses) if self.analysis.superclasses else None
+        record["analysis"]["superclasses"] = superclasses
         info = {
             "hparams": dict(pl_module.hparams),
             "datamodule_hparams": dict(getattr(datamodule, "hparams", {}) or {}),
-            "representation_layers": list(self.representation_layers),
-            "superclasses": list(self.analysis.superclasses) if self.analysis.superclasses else None,
-            "callback": {
-                "splits": list(self.splits),
-                "per_class": self.per_class,
-                "seed": self.seed,
-                "method": self.method,
-                "params": None if self.params is None else str(self.params),
-                "module_attr": self.module_attr,
-                "every_n_steps": self.schedule.every_n_steps,
-                "log_points_per_decade": self.schedule.log_points_per_decade,
-                "at_epoch_end": self.schedule.at_epoch_end,
-                "loss_smoothing": self.schedule.loss_smoothing,
-                "layerwise": self.layerwise,
-                "bootstrap": self.analysis.bootstrap,
-                "loss_thresholds": list(self.schedule.loss_thresholds),
-                "include_self": self.analysis.include_self,
-                "bins": self.analysis.bins,
-                "critical_length_pairs": self.analysis.critical_length_pairs,
-                "max_distance": self.analysis.max_distance,
-            },
+            "representation_layers": list(self.settings.measure.representation_layers),
+            "superclasses": superclasses,
+            "settings": record,
+            # every setting flat by name, as 0.1.0 wrote it (reports read "callback")
+            "callback": {name: value for group in record.values() for name, value in group.items()},
             "max_epochs": trainer.max_epochs,
         }
         directory = self._directory(trainer)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        write_text_atomic(directory / "run.json", json.dumps(info, indent=2, default=str))
 
-    def _prepare_probe(self, trainer: Trainer) -> None:
+    def _prepare_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._probe is not None:
             return
-        wanted = self.splits or (tuple(self.probe_datasets) if self.probe_datasets else SPLITS)
-        datasets = self.probe_datasets or _trainer_datasets(trainer, wanted)
+        cfg = self.settings.probe
+        wanted = cfg.splits or (tuple(cfg.probe_datasets) if cfg.probe_datasets else SPLITS)
+        datasets = cfg.probe_datasets or _trainer_datasets(trainer, wanted)
         datasets = {name: datasets[name] for name in wanted if name in datasets}
-        if self.splits is None and datasets and "val" not in datasets and not self.probe_datasets:
+        if cfg.splits is None and datasets and "val" not in datasets and not cfg.probe_datasets:
             rank_zero_info(
                 "StiffnessCallback: the trainer has no validation data, so the probe is drawn from the training "
                 "data only (train-train pairs); pass splits=('train', 'val') with a val dataloader for train-val pairs."
             )
-        missing = [s for s in (self.splits or ("train",)) if s not in datasets]
+        missing = [s for s in (cfg.splits or ("train",)) if s not in datasets]
         if missing:
             raise MisconfigurationException(
                 f"StiffnessCallback: no {missing} data to draw the probe from. Give the Trainer those dataloaders, "
@@ -388,15 +364,63 @@ class StiffnessCallback(Callback):
             )
         self._resolve_superclasses(trainer)
         if self.probe_spec is None:
-            self.probe_spec = choose_probe(datasets, self.per_class, self.seed, self.batch_adapter)
+            self.probe_spec = choose_probe(
+                datasets,
+                self.settings.probe.per_class,
+                self.settings.probe.seed,
+                (self.settings.probe.batch_adapter or split_batch),
+                self.settings.probe.groups,
+            )
         collate_fn = _train_collate_fn(trainer)
-        self._probe = collate_probe(datasets, self.probe_spec, collate_fn, self.batch_adapter)
+        probe = collate_probe(
+            datasets,
+            self.probe_spec,
+            collate_fn,
+            (self.settings.probe.batch_adapter or split_batch),
+            self.settings.probe.groups,
+        )
+        if probe.labels is None:
+            rank_zero_info(
+                f"StiffnessCallback: the targets are not class labels (shape {tuple(probe.targets.shape)}, "
+                f"{probe.targets.dtype}), so the probe is a seeded random draw and class statistics are skipped; "
+                "overall stiffness, stiffness against distance, ξ (all pairs), m-coherence and layer-wise "
+                "stiffness are measured. Pass groups=... to stratify and group by a key of your own."
+            )
+        plan = self._call_plan(trainer, pl_module, probe)
+        self._probe = dataclasses.replace(probe, inputs=plan.transform(probe.inputs))
         tensor_inputs = isinstance(self._probe.inputs, Tensor) and self._probe.inputs.is_floating_point()
-        if self.input_distance and tensor_inputs and trainer.is_global_zero:  # only rank 0 analyses
+        if self.settings.measure.input_distance and tensor_inputs and trainer.is_global_zero:  # only rank 0 analyses
             self._input_distances = input_distances(self._probe.inputs)
 
+    def _call_plan(self, trainer: Trainer, pl_module: LightningModule, probe: ProbeData) -> CallPlan:
+        """Run the measured module once on two probe examples and adopt the one unambiguous way
+        to call it (see :mod:`~lightning_stiffness.structure`); refuse at the start of training,
+        with the line to write, when there is none — never fail at every step."""
+        module = self._measured_module(pl_module)
+        with probe_target(trainer, pl_module, module, self.module_attr) as target:
+            through_wrapper = target.model is not module
+            sharded = is_sharded(target.model, target.model.parameters())
+            device = next(target.model.parameters()).device
+            try:
+                plan = find_call_plan(
+                    target.model if through_wrapper else pl_module,
+                    None if through_wrapper else self.module_attr,
+                    probe.inputs,
+                    probe.targets,
+                    self.settings.gram.loss_fn,
+                    to_device=lambda t: t.to(device),
+                    search_children=not (through_wrapper or sharded),
+                )
+            except ProbeStructureError as err:
+                raise MisconfigurationException(f"StiffnessCallback: {err}") from err
+        if plan.adapted:
+            rank_zero_info(f"StiffnessCallback: {plan.adapted}.")
+        if plan.module_attr is not None and plan.module_attr != self.module_attr:
+            self.module_attr = plan.module_attr
+        return plan
+
     def _resolve_superclasses(self, trainer: Trainer) -> None:
-        mapping = self.superclasses
+        mapping = self.settings.measure.superclasses
         if mapping == "datamodule":
             mapping = getattr(getattr(trainer, "datamodule", None), "superclasses", None)
             if mapping is None:
@@ -420,8 +444,21 @@ class StiffnessCallback(Callback):
         step = trainer.global_step
         self._measured_steps.add(step)  # on every rank, so all ranks agree on what is still due
         start = time.perf_counter()
+        measurement = self._compute(trainer, pl_module, step, trigger)
+        computed = time.perf_counter()
+        if measurement is not None:
+            measurement.seconds = computed - start
+        self._measure_seconds += computed - start
+        self._share_metrics(trainer, measurement)
+        if measurement is not None:
+            self.measurements.append(measurement)
+            self._publish(trainer, measurement)
+        self._measure_seconds += time.perf_counter() - computed  # sharing, saving and logging count too
+
+    def _compute(self, trainer: Trainer, pl_module: LightningModule, step: int, trigger: str) -> Measurement | None:
+        """Gram (every rank) and analysis (rank 0); a failure is recorded and warned, never raised."""
         try:
-            self._prepare_probe(trainer)
+            self._prepare_probe(trainer, pl_module)
             module = self._measured_module(pl_module)
             with probe_target(trainer, pl_module, module, self.module_attr) as target:
                 result, gram_seconds = self._gram(target)
@@ -429,9 +466,9 @@ class StiffnessCallback(Callback):
                 distances = self._representation_distances(target)
                 sharded = is_sharded(target.model, target.model.parameters())
             if not trainer.is_global_zero:
-                return
+                return None
             # the plain-autograd cross-check differentiates whole parameters: not possible on shards
-            if self.verify and self.verification is None and not sharded:
+            if self.settings.gram.verify and self.verification is None and not sharded:
                 self._verify(module, result.gram)
             measurement = self._analyze(result, distances, step, trainer.current_epoch, trigger)
         except Exception as err:  # a measurement must never stop training
@@ -440,14 +477,35 @@ class StiffnessCallback(Callback):
             message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             self.failures.append({"step": step, "trigger": trigger, "error": message})
             rank_zero_warn(f"StiffnessCallback: the measurement at step {step} failed ({message}); training goes on.")
-            return
-        seconds = time.perf_counter() - start
-        self._measure_seconds += seconds
-        measurement.seconds = seconds
+            return None
         measurement.gram_seconds = gram_seconds
         measurement.metrics = _scalar_metrics(trainer.callback_metrics)
-        self.measurements.append(measurement)
-        self._publish(trainer, measurement)
+        return measurement
+
+    def _logged_scalars(self, m: Measurement) -> dict[str, float]:
+        """Every scalar of a measurement as logged: ``stiffness/...`` statistics, the share of the
+        training wall-clock the callback has taken so far, the smoothed training loss."""
+        elapsed = self._train_seconds()
+        metrics = scalar_metrics(m)
+        if elapsed > 0:
+            metrics["stiffness/cost/share"] = self._measure_seconds / elapsed
+        if m.train_loss is not None and math.isfinite(m.train_loss):
+            metrics["stiffness/train_loss_smoothed"] = m.train_loss
+        return metrics
+
+    def _share_metrics(self, trainer: Trainer, m: Measurement | None) -> None:
+        """Put the scalars into ``trainer.callback_metrics`` on every rank, so ``EarlyStopping`` and
+        ``ModelCheckpoint`` can monitor them (``monitor="stiffness/sign/within"``). Rank 0 computed
+        them; under DDP/FSDP every rank reaches this broadcast, also after a failed measurement."""
+        metrics = self._logged_scalars(m) if m is not None else None
+        if is_distributed():
+            metrics = trainer.strategy.broadcast(metrics, src=0)
+        if not metrics:
+            return
+        device = trainer.strategy.root_device
+        for key, value in metrics.items():
+            if key.startswith("stiffness/") and math.isfinite(value):
+                trainer.callback_metrics[key] = torch.tensor(value, device=device)
 
     def _gram(self, target: ProbeTarget) -> tuple[GramResult, float]:
         device = next(target.model.parameters()).device
@@ -457,21 +515,26 @@ class StiffnessCallback(Callback):
             target.model,
             inputs,
             targets,
-            loss_fn=self.loss_fn,
-            method=self.method,
-            params=target.params(self.params),
-            memory_budget=self.memory_budget,
-            return_blocks=self.layerwise,
+            loss_fn=self.settings.gram.loss_fn,
+            method=self.settings.gram.method,
+            params=target.params(self.settings.gram.params),
+            memory_budget=self.settings.gram.memory_budget,
+            return_blocks=self.settings.measure.layerwise,
         )
         return target.strip(result), time.perf_counter() - start
 
     def _verify(self, module: nn.Module, gram: Tensor) -> None:
         """Compare the first ``verify`` rows of the Gram with an independent per-example loop."""
-        k = min(self.verify, gram.shape[0])
+        k = min(self.settings.gram.verify, gram.shape[0])
         inputs, targets = self._probe_on(next(module.parameters()).device)
         subset = ProbeBatch.create(inputs, targets).rows(0, k)
         reference = per_example_gram(
-            module, subset.inputs, subset.targets, loss_fn=self.loss_fn, method="loop", params=self.params
+            module,
+            subset.inputs,
+            subset.targets,
+            loss_fn=self.settings.gram.loss_fn,
+            method="loop",
+            params=self.settings.gram.params,
         )
         error = float((gram[:k, :k].double() - reference.double()).norm() / reference.double().norm().clamp_min(1e-30))
         self.verification = {"examples": k, "relative_error": error, "ok": error <= VERIFY_TOLERANCE}
@@ -479,19 +542,19 @@ class StiffnessCallback(Callback):
             rank_zero_warn(
                 f"StiffnessCallback: the Gram of the first {k} probe examples differs from plain per-example "
                 f"autograd by {error:.2e} (relative). The model's forward probably mixes examples (e.g. BatchNorm "
-                "without running statistics, a layer fed time-first input) — per-example gradients and all "
+                "without running statistics, a batch mean added to every example) — per-example gradients and all "
                 "stiffness values are unreliable. Check the model, or pass method='loop'."
             )
 
     def _representation_distances(self, target: ProbeTarget) -> dict[str, Tensor]:
-        if not self.representation_layers:
+        if not self.settings.measure.representation_layers:
             return {}
         inputs, _ = self._probe_on(next(target.model.parameters()).device)
-        inner_names = target.layers(self.representation_layers)
+        inner_names = target.layers(self.settings.measure.representation_layers)
         reps = capture_representations(target.model, inputs, inner_names)
         return {
             f"layer:{name}": cosine_distance_matrix(reps[inner])
-            for name, inner in zip(self.representation_layers, inner_names)
+            for name, inner in zip(self.settings.measure.representation_layers, inner_names)
         }
 
     def _analyze(
@@ -505,18 +568,19 @@ class StiffnessCallback(Callback):
         assert self._probe is not None
         distances = {"input": self._input_distances} if self._input_distances is not None else {}
         distances.update(layer_distances)
-        measurement = analyze(
-            result.gram,
-            self._probe.targets,
-            self._probe.splits,
-            self._probe.split_names,
+        common: dict[str, Any] = dict(
             step=step,
             epoch=epoch,
             trigger=trigger,
             distances=distances,
-            blocks=result.blocks if self.layerwise else None,
+            blocks=result.blocks if self.settings.measure.layerwise else None,
             config=self.analysis,
         )
+        labels = self._probe.labels
+        if labels is None:
+            measurement = analyze_without_classes(result.gram, self._probe.splits, self._probe.split_names, **common)
+        else:
+            measurement = analyze(result.gram, labels, self._probe.splits, self._probe.split_names, **common)
         measurement.strategies = result.strategies
         measurement.train_loss = self.schedule.smoothed_loss
         return measurement
@@ -525,12 +589,9 @@ class StiffnessCallback(Callback):
         """Save and log a measurement; a logging problem is reported, never raised."""
         try:
             self.saved_files.append(str(save_measurement(m, self._directory(trainer))))
-            elapsed = self._train_seconds()
-            extra = {"stiffness/cost/share": self._measure_seconds / elapsed} if elapsed > 0 else {}
-            if m.train_loss is not None and math.isfinite(m.train_loss):
-                extra["stiffness/train_loss_smoothed"] = m.train_loss
-            log_scalars(trainer.loggers, m, extra, step=m.step)
-            if self.log_images and (len(self.measurements) - 1) % self.image_every == 0:
+            metrics = self._logged_scalars(m)
+            log_scalars(trainer.loggers, m, metrics, step=m.step)
+            if self._images_on and (len(self.measurements) - 1) % self.settings.output.image_every == 0:
                 log_images(tensorboard_writers(trainer.loggers), m, m.step, self.analysis.superclasses)
         except Exception as err:
             rank_zero_warn(

@@ -9,6 +9,8 @@ from torch.utils.data import Dataset
 
 from lightning_stiffness.probe import dataset_labels
 
+__all__ = ["PermutedLabels"]
+
 
 class PermutedLabels(Dataset):
     """A dataset whose labels are randomly shuffled across examples once, with a fixed seed:

@@ -22,13 +22,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchmetrics
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_stiffness import StiffnessCallback
+from lightning_stiffness.experiments.lit import StiffnessClassifier
+from lightning_stiffness.preprocessing import feature_statistics, standardize_to_unit_sphere
+
+__all__ = ["demo_model", "load_digits_dataset", "main", "run_demo"]
 
 
 def load_digits_dataset(name: str, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -48,49 +49,15 @@ def load_digits_dataset(name: str, seed: int = 0) -> tuple[TensorDataset, Tensor
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     x, y = x[order], y[order]
     n_train = int(0.8 * len(y))
-    mean, std = x[:n_train].mean(0), x[:n_train].std(0).clamp_min(1e-6)
-    x = (x - mean) / std
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    mean, std = feature_statistics(x[:n_train])
+    x = standardize_to_unit_sphere(x, mean, std)
     return TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:])
 
 
-class FCClassifier(L.LightningModule):
-    """Paper v3's fully connected network with accuracy from torchmetrics."""
-
-    def __init__(
-        self, in_features: int, hidden: tuple[int, ...] = (500, 300, 100), num_classes: int = 10, lr: float = 1e-3
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
-        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
-        self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.train_acc(logits, y)
-        self.log_dict({"train/loss": loss, "train/acc": self.train_acc}, on_step=True, on_epoch=False)
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.val_acc(logits, y)
-        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/acc": self.val_acc}, on_epoch=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
+def demo_model(in_features: int) -> StiffnessClassifier:
+    """The experiments' v3 FC network ``in_features → 500 → 300 → 100 → 10`` with ReLU
+    (:func:`lightning_stiffness.experiments.models.fully_connected`), Adam at lr 1e-3."""
+    return StiffnessClassifier("fc_v3", num_classes=10, input_shape=(1, 1, in_features), lr=1e-3)
 
 
 def run_demo(
@@ -106,7 +73,7 @@ def run_demo(
     """Train with the callback; returns it (its ``measurements`` hold everything measured)."""
     L.seed_everything(seed, verbose=False)
     train, val = load_digits_dataset(dataset, seed)
-    model = FCClassifier(train.tensors[0].shape[1])
+    model = demo_model(train.tensors[0].shape[1])
     callback = StiffnessCallback(
         every_n_steps=every_n_steps,
         log_points_per_decade=3,

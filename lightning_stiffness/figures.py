@@ -8,6 +8,8 @@ from typing import Any
 
 from lightning_stiffness.analytics import BinnedCurve, CriticalLength
 
+__all__ = ["distance_figure", "have_matplotlib", "new_figure"]
+
 
 def have_matplotlib() -> bool:
     try:

@@ -15,6 +15,8 @@ from lightning_stiffness.figures import distance_figure, have_matplotlib
 from lightning_stiffness.measurement import Measurement, split_key
 from lightning_stiffness.render import heatmap, sort_by_label, with_colorbar
 
+__all__ = ["custom_scalars_layout", "log_images", "log_scalars", "tensorboard_writers"]
+
 
 def tensorboard_writers(loggers: Sequence[Logger]) -> list[Any]:
     """The ``SummaryWriter`` of every attached TensorBoard logger."""

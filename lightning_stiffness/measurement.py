@@ -11,9 +11,11 @@ and ``writer``. Files without ``format_version`` were written by lightning-stiff
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import tempfile
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -25,6 +27,23 @@ from torch import Tensor
 
 from lightning_stiffness.analytics import BinnedCurve, CriticalLength, StiffnessSummary, SuperclassStats
 from lightning_stiffness.analytics.critical_length import CENSORED, EXTRAPOLATED, MEASURED, UNDEFINED
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Measurement",
+    "MeasurementFormatError",
+    "MeasurementFormatWarning",
+    "NewerFormatError",
+    "atomic_write",
+    "is_url",
+    "load_measurement",
+    "load_measurements",
+    "measurement_filename",
+    "result_key",
+    "save_measurement",
+    "split_key",
+    "write_text_atomic",
+]
 
 #: Version of the on-disk format written by :func:`save_measurement`. A reader loads every file of
 #: its own major version (fields it does not know are set aside with a warning, missing optional
@@ -92,6 +111,9 @@ class Measurement:
             the class matrix (when a super-class map is configured).
         metrics: the trainer's scalar ``callback_metrics`` at the time (e.g. the last ``val_loss``),
             for loss panels and overfitting onset in reports.
+        class_statistics: ``False`` when the probe targets were not class labels (regression,
+            multi-label) and no ``groups`` were given: class matrices are empty and the summaries'
+            ``within``/``between`` are NaN; overall stiffness, distances and ξ (all pairs) remain.
         unknown_fields: fields of a loaded file that this version does not know (written by a newer
             minor format version), kept aside and not written back by :meth:`to_dict`.
 
@@ -122,6 +144,7 @@ class Measurement:
     strategies: dict[str, str] = field(default_factory=dict)
     superclass: dict[str, SuperclassStats] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    class_statistics: bool = True
     unknown_fields: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -332,9 +355,23 @@ def measurement_filename(m: Measurement) -> str:
     return f"measurement-{m.step:09d}-{trigger}.pt"
 
 
+def is_url(path: str | Path) -> bool:
+    """Whether ``path`` is a URL (``s3://…``, ``gs://…``, ``memory://…``, ``file://…``), read and
+    written through fsspec; a plain path (``str`` or ``Path``) goes through the local disk."""
+    return isinstance(path, str) and "://" in path
+
+
 def atomic_write(target: str | Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``target`` through a temporary file in its directory then :func:`os.replace`, so a
-    reader (or a crash) never sees a half-written file. ``write`` receives the open binary file."""
+    reader (or a crash) never sees a half-written file. ``write`` receives the open binary file.
+
+    A URL (:func:`is_url`) is written through fsspec to a hidden temporary name beside it, then
+    moved onto it: filesystems without an atomic rename (object stores copy then delete) still
+    never show a partial file under the target's name or the ``measurement-*.pt`` pattern.
+    """
+    if is_url(target):
+        _atomic_write_url(str(target), write)
+        return
     target = Path(target)
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -349,23 +386,54 @@ def atomic_write(target: str | Path, write: Callable[[IO[bytes]], object]) -> No
         raise
 
 
+def _atomic_write_url(target: str, write: Callable[[IO[bytes]], object]) -> None:
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(target)
+    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp" if parent else f".{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with fs.open(temporary, "wb") as handle:
+            write(handle)
+        fs.mv(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(temporary)
+        raise
+
+
 def write_text_atomic(target: str | Path, text: str) -> None:
     """:func:`atomic_write` of UTF-8 text (e.g. ``run.json``)."""
     atomic_write(target, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def save_measurement(m: Measurement, directory: str | Path) -> Path:
-    """Write ``m`` under ``directory`` (created if needed), atomically; returns the file path."""
+def save_measurement(m: Measurement, directory: str | Path) -> Path | str:
+    """Write ``m`` under ``directory`` (created if needed), atomically; returns the file path
+    (the file's URL for a URL ``directory``, e.g. ``s3://bucket/run/stiffness``)."""
+    data = m.to_dict()
+    if is_url(directory):
+        from fsspec.core import url_to_fs
+
+        fs, root = url_to_fs(str(directory))
+        fs.makedirs(root, exist_ok=True)
+        url = f"{str(directory).rstrip('/')}/{measurement_filename(m)}"
+        atomic_write(url, lambda handle: torch.save(data, handle))
+        return url
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     target = path / measurement_filename(m)
-    data = m.to_dict()
     atomic_write(target, lambda handle: torch.save(data, handle))
     return target
 
 
-def _read(path: Path) -> Any:
+def _read(path: Path | str) -> Any:
     try:
+        if is_url(path):
+            from fsspec.core import url_to_fs
+
+            fs, location = url_to_fs(str(path))
+            with fs.open(location, "rb") as handle:
+                return torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, empty file, foreign pickle: all "cannot be read"
         raise MeasurementFormatError(f"{path} cannot be read ({type(error).__name__}: {error})") from error
@@ -374,7 +442,7 @@ def _read(path: Path) -> Any:
 def load_measurement(path: str | Path) -> Measurement:
     """One saved measurement; :class:`MeasurementFormatError` if it is unreadable or damaged,
     :class:`NewerFormatError` if a newer major format version wrote it."""
-    return Measurement.from_dict(_read(Path(path)), source=str(path))
+    return Measurement.from_dict(_read(path if is_url(path) else Path(path)), source=str(path))
 
 
 def load_measurements(path: str | Path) -> list[Measurement]:
@@ -394,28 +462,30 @@ def load_measurements(path: str | Path) -> list[Measurement]:
     format version are set aside in ``Measurement.unknown_fields``; files of format 0.1 (no
     ``format_version``, lightning-stiffness 0.1.0) are converted. Refused: a newer major format
     version (:class:`NewerFormatError`), and a folder where no file can be read.
+
+    ``path`` may be a URL of any fsspec filesystem (``s3://bucket/run``, ``memory://run``).
     """
-    root = Path(path)
-    if root.is_file():
+    root, kind, files = _listing(path)
+    if kind == "file":
         return [load_measurement(root)]
-    if not root.exists():
+    if kind is None:
         raise FileNotFoundError(f"no such file or directory: {root}")
-    files = sorted(root.rglob("measurement-*.pt"))
     if not files:
         raise FileNotFoundError(
             f"no saved measurements (measurement-*.pt) under {root}; pass the logger's log dir or the "
             "callback's save_dir"
         )
-    by_folder: dict[Path, list[Measurement]] = {f.parent: [] for f in files}
+    by_folder: dict[Path | str, list[Measurement]] = {_parent(f): [] for f in files}
     skipped: list[str] = []
     notes: list[str] = []
     for file in files:
+        name = file.name if isinstance(file, Path) else file.rsplit("/", 1)[-1]
         try:
-            by_folder[file.parent].append(_from_dict(_read(file), notes, file.name))
+            by_folder[_parent(file)].append(_from_dict(_read(file), notes, name))
         except NewerFormatError:
             raise
         except MeasurementFormatError as error:
-            skipped.append(f"{file.name} ({str(error).removeprefix(str(file)).removeprefix(file.name).strip()})")
+            skipped.append(f"{name} ({str(error).removeprefix(str(file)).removeprefix(name).strip()})")
     if not any(by_folder.values()):
         raise MeasurementFormatError(f"no measurement under {root} can be read: " + "; ".join(skipped))
     if skipped:
@@ -431,3 +501,27 @@ def load_measurements(path: str | Path) -> list[Measurement]:
 
         return merge_versions([Version(folder, read_run_info(folder), ms) for folder, ms in by_folder.items()])
     return sorted(next(iter(by_folder.values())), key=lambda m: m.step)
+
+
+def _parent(file: Path | str) -> Path | str:
+    """The folder holding a measurement file (for a URL, the URL up to its last ``/``)."""
+    return file.parent if isinstance(file, Path) else file.rsplit("/", 1)[0]
+
+
+def _listing(path: str | Path) -> tuple[Path | str, str | None, list[Path | str]]:
+    """``(root, "file" | "directory" | None, measurement files found recursively, sorted)``; for a
+    URL the files are URLs."""
+    if not is_url(path):
+        root = Path(path)
+        kind = "file" if root.is_file() else "directory" if root.exists() else None
+        return root, kind, sorted(root.rglob("measurement-*.pt")) if kind == "directory" else []
+    from fsspec.core import url_to_fs
+
+    fs, location = url_to_fs(str(path))
+    if fs.isfile(location):
+        return str(path), "file", []
+    if not fs.exists(location):
+        return str(path), None, []
+    base = location.rstrip("/")
+    found = fs.glob(f"{base}/**/measurement-*.pt") + fs.glob(f"{base}/measurement-*.pt")
+    return str(path), "directory", sorted({fs.unstrip_protocol(f) for f in found})

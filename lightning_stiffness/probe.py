@@ -1,5 +1,9 @@
 """The probe: a fixed, seeded, class-stratified set of examples measured at every step.
 
+Targets that are not class labels (regression values, multi-label vectors, token-level labels)
+get a seeded random probe instead, or one stratified by user-given groups (``groups=``); the
+class statistics then use the groups, or are skipped.
+
 Drawn once from the training and/or validation data (paper v3's train-train, train-val and
 val-val pair blocks; v1 used validation pairs only) and kept as indices plus seed, so a
 resumed run measures the same examples.
@@ -7,6 +11,8 @@ resumed run measures the same examples.
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +21,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, default_collate
 
+__all__ = [
+    "BatchAdapter",
+    "ProbeData",
+    "ProbeSpec",
+    "choose_probe",
+    "collate_probe",
+    "dataset_labels",
+    "split_batch",
+    "stratified_indices",
+]
+
 BatchAdapter = Callable[[Any], tuple[Any, Tensor]]
+#: ``groups=``: a key of dict examples, or ``callable(example) -> int``, giving each example's group.
+GroupKey = str | Callable[[Any], int]
+#: Probe examples per split when the targets are not class labels and no groups are given.
+UNGROUPED_PER_SPLIT_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,20 @@ class ProbeData:
     targets: Tensor
     splits: Tensor
     split_names: tuple[str, ...]
+    groups: Tensor | None = None
+
+    @property
+    def labels(self) -> Tensor | None:
+        """What class statistics group by: the groups, else integer class targets, else ``None``."""
+        if self.groups is not None:
+            return self.groups
+        return self.targets if is_class_labels(self.targets) else None
+
+
+def is_class_labels(targets: Tensor) -> bool:
+    """One integer class index per example: shape ``(N,)`` and an integer dtype. Float targets
+    (regression), ``(N, k)`` multi-label vectors and ``(N, T)`` token labels are not."""
+    return targets.dim() == 1 and not targets.is_floating_point() and not targets.is_complex()
 
 
 def split_batch(batch: Any) -> tuple[Any, Tensor]:
@@ -69,19 +104,40 @@ def split_batch(batch: Any) -> tuple[Any, Tensor]:
     )
 
 
-def dataset_labels(dataset: Dataset, adapter: BatchAdapter = split_batch) -> list[int]:
-    """Class label of every example: from ``targets``/``labels`` attributes when the dataset
-    has them (torchvision), through ``Subset`` indices, else by reading each example."""
+def dataset_labels(
+    dataset: Dataset, adapter: BatchAdapter = split_batch, groups: GroupKey | None = None
+) -> list[int] | None:
+    """Class label (or group, with ``groups=``) of every example: from ``targets``/``labels``
+    attributes when the dataset has them (torchvision), through ``Subset`` indices, else by
+    reading each example. ``None`` when the targets are not integer class labels (never
+    truncated to integers)."""
     if isinstance(dataset, Subset):
-        parent = dataset_labels(dataset.dataset, adapter)
-        return [parent[int(i)] for i in dataset.indices]
+        parent = dataset_labels(dataset.dataset, adapter, groups)
+        return None if parent is None else [parent[int(i)] for i in dataset.indices]
+    n = len(dataset)  # type: ignore[arg-type]
+    if groups is not None:
+        return [_group_of(dataset[i], groups) for i in range(n)]
     for attr in ("targets", "labels"):
         values = getattr(dataset, attr, None)
         if values is not None and not callable(values):
-            labels = torch.as_tensor(values).reshape(-1).tolist()
-            if len(labels) == len(dataset):  # type: ignore[arg-type]
-                return [int(v) for v in labels]
-    return [int(torch.as_tensor(adapter(dataset[i])[1]).reshape(-1)[0]) for i in range(len(dataset))]  # type: ignore[arg-type]
+            tensor = torch.as_tensor(values)
+            if len(tensor) == n:
+                return [int(v) for v in tensor.tolist()] if is_class_labels(tensor) else None
+    labels = []
+    for i in range(n):
+        target = torch.as_tensor(adapter(dataset[i])[1])
+        if target.numel() != 1 or target.is_floating_point() or target.is_complex():
+            return None
+        labels.append(int(target.reshape(())))
+    return labels
+
+
+def _group_of(example: Any, groups: GroupKey) -> int:
+    value = groups(example) if callable(groups) else example[groups]
+    try:
+        return int(torch.as_tensor(value).reshape(()))
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ValueError(f"groups= must give one integer per example, got {value!r}") from err
 
 
 def stratified_indices(labels: Sequence[int], per_class: int, seed: int) -> list[int]:
@@ -100,14 +156,40 @@ def stratified_indices(labels: Sequence[int], per_class: int, seed: int) -> list
 
 
 def choose_probe(
-    datasets: Mapping[str, Dataset], per_class: int, seed: int, adapter: BatchAdapter = split_batch
+    datasets: Mapping[str, Dataset],
+    per_class: int,
+    seed: int,
+    adapter: BatchAdapter = split_batch,
+    groups: GroupKey | None = None,
 ) -> ProbeSpec:
-    """Stratified probe indices for each split (each split drawn with its own derived seed)."""
-    indices = {
-        name: stratified_indices(dataset_labels(ds, adapter), per_class, seed + k)
-        for k, (name, ds) in enumerate(datasets.items())
-    }
+    """Stratified probe indices for each split (each split drawn with its own derived seed).
+    Targets that are not class labels, without ``groups``, get ``per_class × 10`` seeded random
+    examples per split."""
+    indices: dict[str, list[int]] = {}
+    for k, (name, ds) in enumerate(datasets.items()):
+        labels = dataset_labels(ds, adapter, groups)
+        if labels is None:
+            size = min(per_class * UNGROUPED_PER_SPLIT_CLASSES, len(ds))  # type: ignore[arg-type]
+            generator = torch.Generator().manual_seed(seed + k)
+            indices[name] = sorted(torch.randperm(len(ds), generator=generator)[:size].tolist())  # type: ignore[arg-type]
+            continue
+        indices[name] = stratified_indices(labels, per_class, seed + k)
+        short = probe_shortfall(labels, indices[name], per_class)
+        if short:
+            warnings.warn(
+                f"the probe asks for per_class={per_class} examples of every class, but the {name!r} data has fewer "
+                f"for {len(short)} class(es) (class: available) {short}; the {name!r} probe has "
+                f"{len(indices[name])} examples instead of {per_class * len(set(labels))}.",
+                UserWarning,
+                stacklevel=2,
+            )
     return ProbeSpec(indices, seed, per_class)
+
+
+def probe_shortfall(labels: Sequence[int], chosen: Sequence[int], per_class: int) -> dict[int, int]:
+    """Classes that have fewer than ``per_class`` examples, with how many were available."""
+    counts = Counter(labels[i] for i in chosen)
+    return {int(c): n for c, n in sorted(counts.items()) if n < per_class}
 
 
 def collate_probe(
@@ -115,6 +197,7 @@ def collate_probe(
     spec: ProbeSpec,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     adapter: BatchAdapter = split_batch,
+    groups: GroupKey | None = None,
 ) -> ProbeData:
     """Read the probe examples (RNG forked: random transforms do not disturb training) and
     collate them into one batch with the training dataloader's ``collate_fn``."""
@@ -129,4 +212,5 @@ def collate_probe(
             split_ids.extend([k] * len(idx))
     inputs, targets = adapter((collate_fn or default_collate)(items))
     targets = torch.as_tensor(targets)
-    return ProbeData(inputs, targets, torch.tensor(split_ids), spec.split_names)
+    group_ids = torch.tensor([_group_of(item, groups) for item in items]) if groups is not None else None
+    return ProbeData(inputs, targets, torch.tensor(split_ids), spec.split_names, group_ids)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = ["BLUE", "NAN_GREY", "RED", "WHITE", "colorbar", "colorize", "heatmap", "sort_by_label", "with_colorbar"]
+
 #: Anchor colours of the diverging map (RGB in [0, 1]): blue at vmin, white at 0, red at vmax.
 BLUE = (0.13, 0.40, 0.67)
 WHITE = (0.97, 0.97, 0.97)

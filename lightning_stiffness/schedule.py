@@ -5,8 +5,10 @@ learning rates at equal training loss, v1 Figs 8 and 10)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+__all__ = ["MeasurementSchedule", "log_spaced_steps"]
 
 
 def log_spaced_steps(points_per_decade: int, max_step: int = 10**9) -> set[int]:
@@ -56,6 +58,11 @@ class MeasurementSchedule:
         if any(not math.isfinite(t) or t < 0 for t in self.loss_thresholds):
             raise ValueError(f"loss_thresholds must be finite and >= 0, got {self.loss_thresholds}")
         self._log_steps = log_spaced_steps(self.log_points_per_decade) if self.log_points_per_decade else set()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> MeasurementSchedule:
+        """A fresh schedule (no loss history) for :class:`~lightning_stiffness.settings.ScheduleSettings`."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(settings)})
 
     def step_trigger(self, step: int) -> str | None:
         """Reason to measure after optimizer step ``step`` (``None``: not due)."""

@@ -28,6 +28,8 @@ from torch import nn
 from lightning_stiffness.gram import GramResult
 from lightning_stiffness.gram.sharding import is_fsdp1_wrapper
 
+__all__ = ["probe_target", "strategy_problem"]
+
 SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy, FSDPStrategy)
 
 

@@ -75,18 +75,29 @@ def _input_forms(inputs: Any) -> list[CallPlan]:
     return forms
 
 
+class _LossProblem(Exception):
+    """The forward ran, the loss on its outputs did not: no other way of calling helps."""
+
+
 def _try(module: nn.Module, batch: ProbeBatch, plan: CallPlan, loss_fn: LossFn | None) -> str | None:
     """``None`` if the module runs on the two examples and the loss has one entry per example,
-    else the error (type and first line)."""
+    else the forward's error (type and first line). A loss error raises :class:`_LossProblem`."""
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    try:
-        with torch.no_grad(), probe_mode(module, device), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), probe_mode(module, device), torch.random.fork_rng(devices=[]):
+        try:
             outputs = call_model(module, plan.transform(batch.inputs))
+        except Exception as err:  # the user's code may raise anything
+            return _first_line(err)
+        try:
             per_example_losses(loss_fn, outputs, batch.targets, batch.n)
-    except Exception as err:  # the user's code may raise anything
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return f"{type(err).__name__}: {text}"
+        except Exception as err:
+            raise _LossProblem(_first_line(err)) from err
     return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}"
 
 
 def find_call_plan(
@@ -97,6 +108,7 @@ def find_call_plan(
     loss_fn: LossFn | None,
     *,
     to_device: Callable[[Tensor], Tensor] | None = None,
+    search_children: bool = True,
 ) -> CallPlan:
     """Find how to call ``root`` (or its ``module_attr`` submodule) on the probe.
 
@@ -106,6 +118,28 @@ def find_call_plan(
     if to_device is not None:
         batch = batch.map_tensors(to_device)
     module = root.get_submodule(module_attr) if module_attr else root
+    try:
+        return _search(root, module, module_attr, batch, loss_fn, search_children)
+    except _LossProblem as problem:
+        hint = (
+            " Pass loss_fn=lambda outputs, targets: per-example losses of shape (N,) (the default is cross-entropy "
+            "on the logits, for integer class targets)."
+            if loss_fn is None
+            else ""
+        )
+        raise ProbeStructureError(
+            f"the model runs on the probe, but the loss on its outputs fails: {problem}.{hint}"
+        ) from problem
+
+
+def _search(
+    root: nn.Module,
+    module: nn.Module,
+    module_attr: str | None,
+    batch: ProbeBatch,
+    loss_fn: LossFn | None,
+    search_children: bool,
+) -> CallPlan:
     errors: list[str] = []
     for form in _input_forms(batch.inputs):
         error = _try(module, batch, form, loss_fn)
@@ -114,7 +148,7 @@ def find_call_plan(
             return _described(plan, root)
         errors.append(error)
     first_error = errors[0]
-    if module_attr is None:
+    if module_attr is None and search_children:
         working: list[CallPlan] = []
         for name, child in root.named_children():
             if not any(True for _ in child.parameters()):

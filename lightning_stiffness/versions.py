@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning_stiffness.measurement import Measurement
+from lightning_stiffness.measurement import Measurement, is_url
 
 #: ``run.json`` entries that must agree between versions of one run (``callback.*``: inside the
 #: ``callback`` block; ``probe``: the probe indices, compared when both files record them).
@@ -46,9 +46,10 @@ IDENTITY_KEYS = (
 
 @dataclass(frozen=True)
 class Version:
-    """One folder's share of a run: its path, its ``run.json`` (None if absent) and measurements."""
+    """One folder's share of a run: its path (or fsspec URL), its ``run.json`` (None if absent)
+    and measurements."""
 
-    path: Path
+    path: Path | str
     info: dict[str, Any] | None
     measurements: list[Measurement]
 
@@ -58,9 +59,21 @@ class Version:
 
 
 def read_run_info(folder: str | Path) -> dict[str, Any] | None:
-    """The ``run.json`` beside a folder's measurements, or None when there is none."""
+    """The ``run.json`` beside a folder's measurements (a path or an fsspec URL), or None when
+    there is none."""
+    if is_url(folder):
+        from fsspec.core import url_to_fs
+
+        fs, location = url_to_fs(f"{str(folder).rstrip('/')}/run.json")
+        return json.loads(fs.cat_file(location)) if fs.exists(location) else None
     path = Path(folder) / "run.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _name(path: Path | str) -> str:
+    """A folder's short name in messages: ``version_1`` for ``.../version_1/stiffness``."""
+    parts = path.parts if isinstance(path, Path) else tuple(str(path).rstrip("/").split("/"))
+    return parts[-2] if parts[-1] == "stiffness" and len(parts) >= 2 else parts[-1]
 
 
 def _lookup(info: dict[str, Any], key: str) -> Any:
@@ -100,7 +113,7 @@ def difference(a: Version, b: Version) -> str | None:
             continue
         left, right = _lookup(a.info, key), _lookup(b.info, key)
         if _canonical(left) != _canonical(right):
-            return f"run.json {key} differs ({_short(left)} in {a.path.name}, {_short(right)} in {b.path.name})"
+            return f"run.json {key} differs ({_short(left)} in {_name(a.path)}, {_short(right)} in {_name(b.path)})"
     pa, pb = _probe(a.measurements[0]), _probe(b.measurements[0])
     for key in pa:
         if pa[key] != pb[key]:

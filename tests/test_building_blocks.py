@@ -164,13 +164,20 @@ trainer:
     - class_path: lightning_stiffness.StiffnessCallback
       init_args:
         every_n_steps: 3
-        per_class: 4
-        splits: [train]
-        log_images: false
-        loss_thresholds: [10.0]
+        schedule:
+          loss_thresholds: [10.0]
+        probe:
+          per_class: 4
+          splits: [train]
+        analysis:
+          permutations: 7
+        output:
+          log_images: false
 """
     )
     cli = LightningCLI(TinyClassifier, Data, args=["fit", "--config", str(config)], save_config_callback=None)
     cb = next(c for c in cli.trainer.callbacks if isinstance(c, StiffnessCallback))
-    assert cb.schedule.every_n_steps == 3 and cb.splits == ("train",) and cb.schedule.loss_thresholds == (10.0,)
+    assert cb.schedule.every_n_steps == 3 and cb.settings.probe.splits == ("train",)
+    assert cb.schedule.loss_thresholds == (10.0,) and cb.settings.analysis.permutations == 7
+    assert cb.settings.probe.per_class == 4 and cb.settings.output.log_images is False
     assert [m.step for m in cb.measurements][:2] == [0, 1] and cb.measurements[1].trigger == "loss<=10"

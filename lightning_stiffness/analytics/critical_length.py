@@ -1,4 +1,5 @@
-"""Stiffness as a function of distance and the critical length ξ (paper.md §1.6-1.7).
+"""Stiffness as a function of distance and the critical length ξ (Fort et al. 2019,
+v1 Figs 9-10, v3 "dynamical critical length"; docs/concepts.md "Critical length ξ").
 
 Two estimators of the distance at which stiffness decays to zero: (B) the first zero crossing
 of the binned mean curve (v1 "stiff domain size", Fig. 9-10) and (A) the zero of a
@@ -22,6 +23,15 @@ import torch
 from torch import Tensor
 
 from lightning_stiffness.analytics.stiffness import accumulation_dtype, as_float, pair_mask, square_matrix
+
+__all__ = [
+    "BinnedCurve",
+    "CriticalLength",
+    "binned_curve",
+    "critical_length",
+    "linear_fit_length",
+    "zero_crossing_length",
+]
 
 METHODS = ("zero_crossing", "linear_fit")
 
@@ -170,7 +180,7 @@ def binned_curve(
 
 def zero_crossing_length(curve: BinnedCurve) -> CriticalLength:
     """Estimator (B), v1's "stiff domain size": the first zero-stiffness crossing of the binned
-    mean curve, walking from distance 0 upward (paper.md §1.7).
+    mean curve, walking from distance 0 upward (docs/concepts.md "Zero crossing (v1)").
 
     Over the non-empty bins: the first place the mean goes from ``> 0`` to ``≤ 0``, linearly
     interpolated between the two bin centres (``measured``). If the first non-empty bin is
@@ -193,7 +203,7 @@ def linear_fit_length(
 ) -> CriticalLength:
     """Estimator (A), v3's "dynamical critical length": the zero of the least-squares line
     ``S = a + b·d`` through the selected pairs (upper triangle ``i < j``), ``ξ = −a/b``
-    (paper.md §1.7).
+    (docs/concepts.md "Linear fit (v3)").
 
     The status follows where the line's zero lies relative to the fitted distances
     ``[d_min, d_max]``: ``measured`` inside (value ξ); ``extrapolated`` outside (value NaN, the
@@ -235,7 +245,7 @@ def critical_length(
     confidence: float = 0.9,
 ) -> CriticalLength:
     """Critical length ξ over the pairs of one kind (v3: within-class), with an optional
-    bootstrap confidence interval (paper.md §1.7, §5.1 item 7).
+    bootstrap confidence interval (docs/concepts.md "Bootstrap confidence intervals").
 
     Args:
         stiffness, distances: ``(N, N)`` symmetric pairwise matrices.

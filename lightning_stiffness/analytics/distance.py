@@ -2,7 +2,7 @@
 
 Fort et al. 2019 measure stiffness against the cosine similarity of the (preprocessed) inputs
 and of every layer's representation (v1 §2.3, Eq. 9), v3 against the cosine distance
-``1 − cos`` in input space (paper.md §1.6).
+``1 − cos`` in input space (docs/concepts.md "Distances").
 """
 
 from __future__ import annotations
@@ -17,10 +17,19 @@ from lightning_stiffness.analytics.stiffness import as_float
 from lightning_stiffness.gram.context import eval_mode
 from lightning_stiffness.gram.inputs import call_model
 from lightning_stiffness.gram.sharding import clean_name
+from lightning_stiffness.preprocessing import standardize_to_unit_sphere
+
+__all__ = [
+    "capture_representations",
+    "cosine_distance_matrix",
+    "cosine_similarity_matrix",
+    "input_distances",
+    "preprocess_inputs",
+]
 
 
 def preprocess_inputs(inputs: Tensor, *, standardize: bool = True) -> Tensor:
-    """The paper's input preprocessing (paper.md §1.6): zero mean and unit variance per
+    """The paper's input preprocessing (:mod:`lightning_stiffness.preprocessing`): zero mean and unit variance per
     feature, then unit length per example (v1 §2.3 "zero mean and unit length"; v3 "normalised
     to the unit sphere").
 
@@ -33,13 +42,7 @@ def preprocess_inputs(inputs: Tensor, *, standardize: bool = True) -> Tensor:
         ``(N, D)`` float tensor whose rows have L2 norm 1 (an all-zero row stays zero).
     """
     features = _flatten_examples(inputs, "inputs")
-    if standardize:
-        constant = features.amax(dim=0) == features.amin(dim=0)
-        centred = features - features.mean(dim=0, keepdim=True)
-        std = features.std(dim=0, correction=0)
-        std = torch.where(constant, torch.ones_like(std), std)
-        features = torch.where(constant, torch.zeros_like(centred), centred / std)
-    return _unit_rows(features)
+    return standardize_to_unit_sphere(features) if standardize else _unit_rows(features)
 
 
 def cosine_similarity_matrix(features: Tensor) -> Tensor:
@@ -64,7 +67,7 @@ def cosine_similarity_matrix(features: Tensor) -> Tensor:
 
 def cosine_distance_matrix(features: Tensor) -> Tensor:
     """Cosine distance ``1 − R1 · R2 / (|R1| |R2|)`` of every pair of rows (v3 input-space
-    distance, paper.md §1.6; ``1 −`` v1 Eq. 9), in ``[0, 2]``; see :func:`cosine_similarity_matrix`.
+    distance; ``1 −`` v1 Eq. 9), in ``[0, 2]``; see :func:`cosine_similarity_matrix`.
     """
     return 1.0 - cosine_similarity_matrix(features)
 
@@ -72,7 +75,7 @@ def cosine_distance_matrix(features: Tensor) -> Tensor:
 def input_distances(inputs: Tensor) -> Tensor:
     """v3 input-space distance: :func:`cosine_distance_matrix` of :func:`preprocess_inputs`.
 
-    For unit-length rows this is ``½ |X1 − X2|²`` (paper.md §1.6).
+    For unit-length rows this is ``½ |X1 − X2|²`` (docs/concepts.md "Distances").
     """
     return cosine_distance_matrix(preprocess_inputs(inputs))
 

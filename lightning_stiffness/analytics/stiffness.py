@@ -16,6 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = [
+    "StiffnessSummary",
+    "class_stiffness_matrix",
+    "cosine_matrix",
+    "gradient_diversity",
+    "m_coherence",
+    "pair_mask",
+    "sign_matrix",
+    "split_block_summaries",
+    "summarize",
+    "zero_gradient_mask",
+]
+
 PAIR_KINDS = ("within", "between", "all")
 
 
@@ -37,7 +50,7 @@ def zero_gradient_mask(gram: Tensor) -> Tensor:
 
 def cosine_matrix(gram: Tensor) -> Tensor:
     """Cosine stiffness of every pair, ``cos(g_i, g_j) = G[i, j] / (‖g_i‖ ‖g_j‖)`` with
-    ``‖g_i‖ = sqrt(G[i, i])`` (v3's S_cos = E[cos(g1, g2)], paper.md §1.3).
+    ``‖g_i‖ = sqrt(G[i, i])`` (v3's S_cos = E[cos(g1, g2)], companion of v1 Eq. 5; docs/concepts.md).
 
     Pairs involving an example whose gradient norm is zero or not finite get 0 (no alignment
     information), its diagonal entry included; every other diagonal entry is exactly 1. Values
@@ -113,7 +126,7 @@ class StiffnessSummary:
 
 
 def pair_mask(labels: Tensor, kind: str, *, include_self: bool = False) -> Tensor:
-    """Pairs ``(i, j)`` a stiffness average runs over (paper.md §1.4: S(A, B) is the mean over
+    """Pairs ``(i, j)`` a stiffness average runs over (Fort et al. 2019 v1 Eq. 6: S(A, B) is the mean over
     X1 ∈ A, X2 ∈ B, X1 ≠ X2).
 
     Args:
@@ -167,7 +180,7 @@ def summarize(
 ) -> StiffnessSummary:
     """Within-class, between-class and all-pairs stiffness.
 
-    - within = ``1/N_c Σ_c C(c, c)`` (paper.md §1.5; NaN classes ignored);
+    - within = ``1/N_c Σ_c C(c, c)`` (v1 Eq. 6-7; NaN classes ignored);
     - between = ``1/(N_c(N_c − 1)) Σ_{c1} Σ_{c2 ≠ c1} C(c1, c2)`` (v1 Eq. 7; NaN entries ignored);
     - all = mean of the stiffness over all pairs ``i ≠ j`` (``i = j`` too if ``include_self``).
 
@@ -187,7 +200,7 @@ def split_block_summaries(
     *,
     include_self: bool = False,
 ) -> dict[str, StiffnessSummary]:
-    """:func:`summarize` per block of pairs drawn from two splits (paper.md §1.8: train-train,
+    """:func:`summarize` per block of pairs drawn from two splits (v3's sampling modes: train-train,
     train-val, val-val).
 
     Args:

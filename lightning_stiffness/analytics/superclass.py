@@ -1,4 +1,5 @@
-"""Super-class structure of a fine-class stiffness matrix (CIFAR-100 coarse labels, paper.md §5.1 item 8).
+"""Super-class structure of a fine-class stiffness matrix (CIFAR-100 coarse labels,
+Fort et al. 2019 v1 CIFAR-100 class stiffness matrix; docs/concepts.md "Super-class structure").
 
 Reorders ``C`` so fine classes of one super-class are adjacent (block borders for the heatmap)
 and tests whether stiffness between fine classes of the same super-class exceeds that between
@@ -15,6 +16,8 @@ import torch
 from torch import Tensor
 
 from lightning_stiffness.analytics.stiffness import accumulation_dtype, square_matrix
+
+__all__ = ["SuperclassStats", "reorder_by_superclass", "superclass_stats"]
 
 #: Elements of the ``(permutations, C, C)`` masks built at once.
 _CHUNK_ELEMENTS = 2**22
@@ -43,7 +46,7 @@ def reorder_by_superclass(
     class_matrix: Tensor, coarse_of_fine: Sequence[int] | Tensor
 ) -> tuple[Tensor, Tensor, list[int]]:
     """Order the fine classes by super-class (stably) for a block-structured heatmap of the class
-    stiffness matrix (v1 Eq. 6 on CIFAR-100, paper.md §5.3).
+    stiffness matrix (v1 Eq. 6 on CIFAR-100).
 
     Args:
         class_matrix: ``(C, C)`` class stiffness matrix.
@@ -64,7 +67,7 @@ def reorder_by_superclass(
 def superclass_stats(
     class_matrix: Tensor, coarse_of_fine: Sequence[int] | Tensor, *, permutations: int = 1000, seed: int = 0
 ) -> SuperclassStats:
-    """Same- vs different-super-class stiffness with a permutation test (paper.md §5.1 item 8).
+    """Same- vs different-super-class stiffness with a permutation test (docs/concepts.md "Super-class structure").
 
     ``same`` and ``different`` average ``C(c_a, c_b)`` (v1 Eq. 6) over fine-class pairs ``a ≠ b``
     whose super-classes agree / differ, ignoring NaN entries. The p-value permutes the super-class

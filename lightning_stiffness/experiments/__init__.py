@@ -1,4 +1,4 @@
-"""The paper's experiments as reusable parts (Fort et al. 2019, paper.md §2): architectures
+"""The paper's experiments as reusable parts (Fort et al. 2019, v1/v3; docs/reproducing.md): architectures
 (:mod:`.models`), LightningModules (:mod:`.lit`), datamodules with the paper's preprocessing
 (:mod:`.datamodules`) and the LightningCLI entry point (:mod:`.cli`) behind ``examples/train.py``
 and the YAML configs in ``examples/configs``.

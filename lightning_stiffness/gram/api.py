@@ -22,6 +22,8 @@ from lightning_stiffness.gram.kernel import (
 from lightning_stiffness.gram.reference import loop_rows, vmap_rows
 from lightning_stiffness.gram.sharding import check_not_flat, clean_name, is_sharded
 
+__all__ = ["GramResult", "Method", "per_example_gram", "per_example_gram_blocks", "select_parameters", "unwrap_model"]
+
 Method = Literal["auto", "kernel", "vmap", "loop"]
 METHODS = ("auto", "kernel", "vmap", "loop")
 

@@ -6,18 +6,25 @@ are independent), obtained for every layer in one ``torch.autograd.grad`` call t
 no weight gradient, never writes ``.grad`` and never fires DDP's reducer. Adding ``z`` rather
 than differentiating the output itself keeps this correct when a later op (``ReLU(inplace=
 True)``) overwrites the output.
+
+Which axis of a call holds the examples is not guessed from sizes: a second, shape-only trace
+with a different number of examples (:func:`record_shapes`) shows which axis follows the batch
+size (:func:`example_axis`). An axis of size N that stays put when the batch shrinks (``T`` of
+``wpe(arange(T))``, ``M`` learned latent queries, ``T`` of a time-first layer) is not it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Hashable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+__all__: list[str] = []  # internal to the package: no public names
 
 #: How the autograd graph refers to a tensor (see :func:`graph_key`).
 GraphKey = Hashable
@@ -36,11 +43,15 @@ def graph_key(t: Tensor) -> GraphKey:
 class ModuleCall:
     """One call of a hooked module: its input, the zero tensor added to its output, and the
     graph key of each parameter tensor the module held during the call (FSDP swaps in unsharded
-    parameters for the forward; the autograd graph refers to those)."""
+    parameters for the forward; the autograd graph refers to those).
+
+    ``axis``: the dimension of ``inp`` and of the output that indexes the examples; ``None`` until
+    :func:`resolve_example_axes` has found it from a second trace."""
 
     inp: Tensor
     z: Tensor
     param_keys: dict[str, GraphKey] = field(default_factory=dict)
+    axis: int | None = 0
 
 
 @dataclass
@@ -72,28 +83,131 @@ def capture_calls(
 
 def _make_hook(name: str, n: int, record: CaptureRecord, attributes: tuple[str, ...]) -> Any:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        inp = args[0] if args else next(iter(kwargs.values()), None)
+        inp = _first_tensor(args, kwargs)
         if not isinstance(inp, Tensor) or not isinstance(output, Tensor) or output.dim() == 0:
             record.problems[name] = "its call signature is not (tensor) -> tensor"
             return None
         broadcast = isinstance(module, nn.Embedding) and inp.dim() > 0 and inp.shape[0] == 1 and n > 1
+        axis: int | None = 0
         if broadcast:
             # e.g. Hugging Face position ids of shape (1, L): expand so each example gets its own row
             output = output.expand(n, *output.shape[1:])
-        elif inp.dim() == 0 or inp.shape[0] != n or output.shape[0] != n:
+        elif n == 1:
+            # one example owns every position of a call whose leading size is 1
+            if inp.dim() == 0 or inp.shape[0] != 1 or output.shape[0] != 1:
+                record.problems[name] = f"its input has leading size {tuple(inp.shape)[:1]} for N=1 example"
+                return None
+        elif not candidate_axes(tuple(inp.shape), tuple(output.shape), n):
             record.problems[name] = (
-                f"its input has leading size {tuple(inp.shape)[:1]} instead of the number of examples "
-                f"N={n} (the example axis must come first)"
+                f"no axis of its input {tuple(inp.shape)} and output {tuple(output.shape)} has the size "
+                f"N={n} of the example axis"
             )
             return None
+        else:
+            axis = None  # which of the size-N axes holds the examples: decided by a second trace
         z = torch.zeros_like(output, requires_grad=True)
         # getattr, not _parameters: FSDP1 replaces the registered parameters by plain tensor views
         held = {attr: getattr(module, attr, None) for attr in attributes}
         keys = {attr: graph_key(t) for attr, t in held.items() if isinstance(t, Tensor)}
-        record.calls[name].append(ModuleCall(inp.detach(), z, keys))
+        record.calls[name].append(ModuleCall(inp.detach(), z, keys, axis))
         return output + z
 
     return hook
+
+
+def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else next(iter(kwargs.values()), None)
+
+
+#: Per call of a module, in call order: the shapes of its input and output.
+CallShapes = list[tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+@contextmanager
+def record_shapes(modules: dict[str, nn.Module]) -> Iterator[dict[str, CallShapes]]:
+    """Hook ``modules`` for one forward, recording only the input and output shape of every call."""
+    shapes: dict[str, CallShapes] = {name: [] for name in modules}
+
+    def make(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            inp = _first_tensor(args, kwargs)
+            if isinstance(inp, Tensor) and isinstance(output, Tensor):
+                shapes[name].append((tuple(inp.shape), tuple(output.shape)))
+            else:
+                shapes[name].append(((), ()))
+
+        return hook
+
+    handles = [m.register_forward_hook(make(name), with_kwargs=True, prepend=True) for name, m in modules.items()]
+    try:
+        yield shapes
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def candidate_axes(inp: Sequence[int], out: Sequence[int], n: int) -> list[int]:
+    """Dimensions ``d`` with ``inp[d] == out[d] == n``: where the examples may be."""
+    return [d for d in range(min(len(inp), len(out))) if inp[d] == n and out[d] == n]
+
+
+def example_axis(
+    first: tuple[Sequence[int], Sequence[int]], second: tuple[Sequence[int], Sequence[int]], n: int, n_other: int
+) -> int | None:
+    """The one dimension that holds ``n`` examples in the ``first`` trace and ``n_other != n`` in
+    the ``second`` (input and output alike), or ``None`` when there is not exactly one.
+
+    An axis that does not carry the examples keeps its size when only the number of examples
+    changes, so it cannot be ``n`` in one trace and ``n_other`` in the other, whatever sizes
+    happen to coincide."""
+    (in1, out1), (in2, out2) = first, second
+    if len(in1) != len(in2) or len(out1) != len(out2):
+        return None
+    found = [d for d in candidate_axes(in1, out1, n) if d in candidate_axes(in2, out2, n_other)]
+    return found[0] if len(found) == 1 else None
+
+
+def resolve_example_axes(
+    record: CaptureRecord, other: dict[str, CallShapes] | str, n: int, n_other: int, movable: Mapping[str, bool]
+) -> None:
+    """Set the example axis of every pending call of ``record`` from the ``other`` trace (with
+    ``n_other`` examples), or record why a module has none that its layer rule can use.
+
+    ``other`` is a message instead when that trace failed. ``movable[name]``: the module's rule
+    accepts the examples on any axis (it is moved to the front), otherwise only on axis 0."""
+    for name, calls in record.calls.items():
+        pending = [c for c in calls if c.axis is None]
+        if not pending or name in record.problems:
+            continue
+        if isinstance(other, str):
+            record.problems[name] = f"its example axis is unknown: {other}"
+            continue
+        if len(other[name]) != len(calls):
+            record.problems[name] = (
+                f"its example axis is unknown: it ran {len(calls)}x with N={n} examples but "
+                f"{len(other[name])}x with N={n_other}"
+            )
+            continue
+        for call, shapes in zip(calls, other[name]):
+            if call.axis is not None:
+                continue
+            first = (tuple(call.inp.shape), tuple(call.z.shape))
+            axis = example_axis(first, shapes, n, n_other)
+            if axis is None:
+                record.problems[name] = (
+                    f"no axis of its input and output follows the number of examples (shapes {first[0]} -> "
+                    f"{first[1]} with N={n}, {shapes[0]} -> {shapes[1]} with N={n_other}): its example axis "
+                    "is unknown (e.g. a position embedding of torch.arange(T) or learned latent queries, "
+                    "whose rows every example shares)"
+                )
+                break
+            if axis != 0 and not movable.get(name, False):
+                record.problems[name] = (
+                    f"its examples are on axis {axis} (shapes {first[0]} -> {first[1]}, time-first?); its "
+                    "layer rule needs them on axis 0"
+                )
+                break
+            call.axis = axis
 
 
 def count_parameter_uses(root: Tensor) -> Counter[GraphKey]:

@@ -20,6 +20,8 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
+__all__: list[str] = []  # internal to the package: no public names
+
 
 @contextmanager
 def probe_mode(model: nn.Module, device: torch.device) -> Iterator[None]:

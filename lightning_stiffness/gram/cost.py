@@ -1,7 +1,8 @@
 """Per-layer cost model: kernel trick ("ghost") or materialised per-example gradients.
 
 For a weight whose per-example gradient is ``Σ_t u_nt ⊗ v_nt`` (``T`` positions, ``G`` groups,
-``u ∈ R^a``, ``v ∈ R^b``) over ``N`` examples (anchors.md §6.2):
+``u ∈ R^a``, ``v ∈ R^b``) over ``N`` examples (docs/performance.md "How the Gram is computed"; docs/concepts.md
+"Kernel trick vs materialising"):
 
 * materialise: build ``g_n`` (``2·N·T·G·a·b`` FLOPs) then the Gram GEMM (``2·N²·G·a·b``);
   extra memory ``N·G·a·b``.
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lightning_stiffness.gram.factors import IndexFactor, KroneckerTerm
+
+__all__: list[str] = []  # internal to the package: no public names
 
 Strategy = Literal["ghost", "materialize"]
 

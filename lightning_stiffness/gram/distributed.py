@@ -20,6 +20,8 @@ from lightning_stiffness.gram.api import GramResult, per_example_gram_blocks, se
 from lightning_stiffness.gram.kernel import block_name
 from lightning_stiffness.gram.sharding import is_sharded
 
+__all__ = ["agreed_sizes", "distributed_gram", "is_distributed", "partition_parameters"]
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

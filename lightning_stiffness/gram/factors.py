@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+__all__ = ["DenseFactor", "Factor", "IndexFactor", "KroneckerTerm"]
+
 
 @dataclass(frozen=True)
 class DenseFactor:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+__all__ = ["LossFn"]
+
 LossFn = Callable[[Any, Tensor], Tensor]
 
 
@@ -184,6 +186,14 @@ def _logits(outputs: Any) -> Tensor:
     if isinstance(logits, Tensor):
         return logits
     if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor):
+        candidates = [k for k, t in enumerate(outputs) if isinstance(t, Tensor) and t.dim() >= 2]
+        if len(candidates) > 1:
+            raise TypeError(
+                f"the model returns a {type(outputs).__name__} of {len(outputs)} outputs, and {len(candidates)} of "
+                f"them (positions {candidates}) could be logits; the default loss would take the first, which may "
+                "be features. Pass loss_fn=lambda outputs, targets: F.cross_entropy(outputs[K], targets, "
+                "reduction='none') with K the position of the logits."
+            )
         return outputs[0]
     raise TypeError(
         f"cannot find logits in a model output of type {type(outputs).__name__}; pass "

@@ -6,19 +6,37 @@ backprop) pairs; a parameter used several times (tied weights, a module called t
 its uses *before* the Gram, so cross terms ``⟨g^u_n, g^v_m⟩`` are kept. Every other parameter
 — no rule, used functionally outside its module, wrong example axis — goes to an exact
 fallback (``vmap``, then the per-example loop) restricted to those parameters.
+
+The example axis of every hooked call comes from the data, not from sizes: after the capture
+pass one forward runs on the first example alone (:func:`other_batch`), recording only shapes;
+the axis whose size follows the number of examples is the example axis
+(``capture.example_axis``). A call with no such axis — its rows are shared by all examples —
+sends its module's parameters to the fallback, with a warning that names it; a call whose
+examples are on another axis than the first (time-first layers) has it moved to the front when
+its rule allows (``LayerRule.example_axis_movable``), else it falls back too.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_stiffness.gram.capture import GraphKey, capture_calls, count_parameter_uses, graph_key
+from lightning_stiffness.gram.capture import (
+    CallShapes,
+    CaptureRecord,
+    GraphKey,
+    capture_calls,
+    count_parameter_uses,
+    graph_key,
+    record_shapes,
+    resolve_example_axes,
+)
 from lightning_stiffness.gram.cost import choose_strategy
 from lightning_stiffness.gram.factors import KroneckerTerm, materialize
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses
@@ -99,19 +117,19 @@ def kernel_gram(
     losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
     uses = count_parameter_uses(losses.sum())
 
-    covered: dict[str, list[tuple[str, str]]] = {}
-    fallback: dict[str, str] = {}
-    for pname, p in params.items():
-        reason = _coverage_problem(p, owners[pname], modules, hooked, record.calls, record.problems, uses)
-        if reason is None:
-            covered[pname] = owners[pname]
-        elif reason != "unused":
-            fallback[pname] = reason
-
+    covered, _ = _coverage(params, owners, modules, hooked, record, uses)
     calls_needed = {m for pname in covered for m, _ in covered[pname]}
     zs = [c.z for m in sorted(calls_needed) for c in record.calls[m] if uses[graph_key(c.z)] > 0]
     backprops = dict(zip(map(id, zs), torch.autograd.grad(losses.sum(), zs))) if zs else {}
     del outputs, losses
+
+    # The shape trace runs after the backward: FSDP2 plans its backward prefetches from the order
+    # of the forwards before it, and ranks whose backward stops at different layers must agree.
+    other = other_batch(batch)
+    if other is not None:
+        movable = {name: getattr(find_rule(m), "example_axis_movable", False) for name, m in hooked.items()}
+        resolve_example_axes(record, trace_shapes(model, hooked, other), batch.n, other.n, movable)
+    covered, fallback = _coverage(params, owners, modules, hooked, record, uses)
 
     # Rule outputs are computed once per module and freed after its last parameter (unfolded
     # conv patches are large), so at most one layer's per-example factors are alive at a time.
@@ -176,19 +194,46 @@ def rows_gram_with_fallback(
         return "loop"
 
 
+def other_batch(batch: ProbeBatch) -> ProbeBatch | None:
+    """The batch of the shape-only trace: the first example alone (the cheapest forward), or
+    ``None`` when ``N = 1`` — then every position of a call belongs to the one example."""
+    return batch.rows(0, 1) if batch.n > 1 else None
+
+
+def trace_shapes(model: nn.Module, hooked: dict[str, nn.Module], batch: ProbeBatch) -> dict[str, CallShapes] | str:
+    """Input and output shapes of every call of ``hooked`` in a forward over ``batch`` (grad mode
+    as in the capture pass, so the same code paths run), or why that forward failed."""
+    with record_shapes(hooked) as shapes, _eager():
+        try:
+            call_model(model, batch.inputs)
+        except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as err:
+            return f"the forward with N={batch.n} example(s) that locates it failed ({type(err).__name__}: {err})"
+    return shapes
+
+
+def _eager() -> AbstractContextManager[Any]:
+    """Run ``torch.compile``'d submodules eagerly (a recompiled graph did not always run the
+    shape hooks); ``torch.compiler.set_stance`` exists from torch 2.6."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
+
+
 def _module_grads(
     module: nn.Module, calls: list, backprops: dict[int, Tensor], dtype: torch.dtype
 ) -> list[dict[str, PerExampleGrad]]:
     """The layer rule's per-example gradients for every call of ``module`` that reached the loss."""
     rule = find_rule(module)
     assert rule is not None
-    return [
-        rule.per_example_grads(
-            module, call.inp.to(dtype) if call.inp.is_floating_point() else call.inp, backprops[id(call.z)].to(dtype)
-        )
-        for call in calls
-        if id(call.z) in backprops
-    ]
+    grads = []
+    for call in calls:
+        if id(call.z) not in backprops:
+            continue
+        axis = call.axis
+        assert axis is not None, "a covered module has a call whose example axis was not resolved"
+        inp = call.inp.to(dtype) if call.inp.is_floating_point() else call.inp
+        grad_out = backprops[id(call.z)].to(dtype)
+        grads.append(rule.per_example_grads(module, inp.movedim(axis, 0), grad_out.movedim(axis, 0)))
+    return grads
 
 
 def _add_parameter_gram(out: Tensor, parts: list[PerExampleGrad], memory_budget: float, strategy: LayerStrategy) -> str:
@@ -223,6 +268,27 @@ def _owners(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, list
                 seen.add((id(module), attr))
                 owners[by_id[id(p)]].append((mname, attr))
     return owners
+
+
+def _coverage(
+    params: dict[str, nn.Parameter],
+    owners: dict[str, list[tuple[str, str]]],
+    modules: dict[str, nn.Module],
+    hooked: dict[str, nn.Module],
+    record: CaptureRecord,
+    uses: dict[GraphKey, int],
+) -> tuple[dict[str, list[tuple[str, str]]], dict[str, str]]:
+    """Split ``params`` into those the captured calls cover (→ their owners) and those that
+    need the fallback (→ why); unused parameters are in neither."""
+    covered: dict[str, list[tuple[str, str]]] = {}
+    fallback: dict[str, str] = {}
+    for pname, p in params.items():
+        reason = _coverage_problem(p, owners[pname], modules, hooked, record.calls, record.problems, uses)
+        if reason is None:
+            covered[pname] = owners[pname]
+        elif reason != "unused":
+            fallback[pname] = reason
+    return covered, fallback
 
 
 def _coverage_problem(

@@ -17,6 +17,8 @@ from torch.func import functional_call, grad, vmap
 
 from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, hf_vmap_mask_checks, per_example_losses
 
+__all__: list[str] = []  # internal to the package: no public names
+
 RowFn = Callable[[int, int], Tensor]
 
 

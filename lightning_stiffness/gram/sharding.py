@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 from torch import nn
 
+__all__ = ["check_not_flat", "clean_name", "is_sharded"]
+
 #: Attributes under which wrappers (FSDP1, activation checkpointing, ``torch.compile``) hold the module.
 WRAPPER_ATTRIBUTES = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
 

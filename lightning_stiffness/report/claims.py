@@ -1,4 +1,4 @@
-"""The paper's checkable claims (paper.md §2.5) evaluated on saved runs.
+"""The paper's checkable claims (Fort et al. 2019, v1 and v3; listed in docs/reproducing.md) evaluated on saved runs.
 
 Each check returns ``holds``, ``does not hold`` or ``not measurable``, the rule it applied
 (``ClaimResult.rule``) and the numbers it compared, each beside the test it passed (✓) or
@@ -18,6 +18,8 @@ from lightning_stiffness.analytics import CriticalLength, StiffnessSummary
 from lightning_stiffness.measurement import Measurement
 from lightning_stiffness.report.plots import at_epoch_end, at_loss_threshold, loss_thresholds, overfitting_onset
 from lightning_stiffness.report.runs import Run
+
+__all__ = ["ClaimResult", "check_claims", "claims_markdown"]
 
 HOLDS, FAILS, UNMEASURABLE, FINDING = "holds", "does not hold", "not measurable", "finding"
 #: Claim 4's plateau: smoothed training loss within this fraction of ln C (C classes). Wider than

@@ -13,6 +13,15 @@ from lightning_stiffness.figures import distance_figure, new_figure
 from lightning_stiffness.measurement import Measurement, result_key
 from lightning_stiffness.report.runs import Run
 
+__all__ = [
+    "class_matrix_grid",
+    "distance_by_space_figure",
+    "lr_between_figure",
+    "lr_critical_length_figure",
+    "superclass_figure",
+    "training_figure",
+]
+
 KIND_TITLES = {"sign": "E[sign(g₁·g₂)]", "cos": "E[cos(g₁, g₂)]"}
 
 

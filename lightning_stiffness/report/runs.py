@@ -12,6 +12,8 @@ from typing import Any
 from lightning_stiffness.measurement import Measurement, load_measurements
 from lightning_stiffness.versions import Version, group_versions, merge_versions, read_run_info
 
+__all__ = ["Run", "find_run_dirs", "load_run", "load_runs"]
+
 
 @dataclass
 class Run:
@@ -97,8 +99,9 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
     for group in group_versions(found):
         if len(group) == 1:
             v = group[0]
-            runs.append(Run(v.path, v.measurements, v.info or {}, [v.path]))
+            runs.append(Run(Path(v.path), v.measurements, v.info or {}, [Path(v.path)]))
             continue
         ordered = sorted(group, key=lambda v: v.first_step)
-        runs.append(Run(ordered[0].path, merge_versions(ordered), ordered[-1].info or {}, [v.path for v in ordered]))
+        folders = [Path(v.path) for v in ordered]  # the report reads local folders (find_run_dirs)
+        runs.append(Run(folders[0], merge_versions(ordered), ordered[-1].info or {}, folders))
     return sorted(runs, key=lambda r: (r.lr if r.lr is not None else math.inf, r.name))

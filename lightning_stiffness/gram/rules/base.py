@@ -22,6 +22,16 @@ from torch import Tensor, nn
 
 from lightning_stiffness.gram.factors import KroneckerTerm
 
+__all__ = [
+    "LayerRule",
+    "PerExampleGrad",
+    "find_rule",
+    "register_rule",
+    "register_rule_by_name",
+    "registered_names",
+    "registered_types",
+]
+
 PerExampleGrad = list[KroneckerTerm] | Tensor
 
 
@@ -31,9 +41,16 @@ class LayerRule:
     ``parameter_names``: the parameter attributes the rule returns gradients for. A module may
     own others (``weight_norm``'s ``weight_g``/``weight_v``); the engine sends those to the exact
     fallback instead of treating them as unused.
+
+    ``example_axis_movable``: see below; rules whose layout fixes axis 0 as the batch (conv,
+    GroupNorm, BatchNorm) leave it False, and modules whose examples are elsewhere fall back.
     """
 
     parameter_names: tuple[str, ...] = ("weight", "bias")
+    #: True when the rule treats every input/output axis but the trailing feature axes as
+    #: positions (Linear, Embedding, LayerNorm), so examples found on another axis than the first
+    #: (a time-first layer's ``(T, N, d)``) can be moved to the front before calling it.
+    example_axis_movable: bool = False
 
     def unsupported_reason(self, module: nn.Module) -> str | None:
         """Why this particular module instance cannot use the rule (``None``: it can)."""

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.factors import DenseFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 
+__all__ = ["ConvRule"]
+
 
 def unfold_patches(x: Tensor, conv: nn.modules.conv._ConvNd) -> Tensor:
     """Patches of ``x`` as ``(N, T, C_in·k_1·…·k_d)``, in the layout of ``weight.flatten(1)``.

@@ -12,9 +12,13 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.factors import DenseFactor, IndexFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 
+__all__ = ["EmbeddingRule"]
+
 
 @register_rule(nn.Embedding)
 class EmbeddingRule(LayerRule):
+    example_axis_movable = True
+
     def unsupported_reason(self, module: nn.Module) -> str | None:
         if getattr(module, "scale_grad_by_freq", False):
             return "scale_grad_by_freq scales gradients by token counts of the whole batch"

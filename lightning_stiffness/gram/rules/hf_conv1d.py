@@ -15,6 +15,8 @@ from lightning_stiffness.gram.factors import DenseFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule_by_name
 from lightning_stiffness.gram.rules.probe import forward_without_hooks, matches
 
+__all__ = ["HFConv1DRule"]
+
 
 def _computes_x_w_plus_b(module: nn.Module, weight: Tensor) -> bool:
     """Probe the forward on a small input: ``y = x W + c`` (``c = 0`` without a bias)."""

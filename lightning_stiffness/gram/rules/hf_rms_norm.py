@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule_by_name
 from lightning_stiffness.gram.rules.probe import forward_without_hooks, matches
 
+__all__ = ["HFRMSNormRule"]
+
 #: ``y = w ⊙ x̂`` with ``ε`` in ``variance_epsilon`` (the Llama form and T5's ``T5LayerNorm``).
 SCALE_CLASSES = (
     "transformers.models.llama.modeling_llama.LlamaRMSNorm",

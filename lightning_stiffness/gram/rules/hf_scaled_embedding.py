@@ -16,6 +16,8 @@ from lightning_stiffness.gram.rules.base import PerExampleGrad, register_rule_by
 from lightning_stiffness.gram.rules.embedding import EmbeddingRule
 from lightning_stiffness.gram.rules.probe import forward_without_hooks, matches
 
+__all__ = ["HFScaledEmbeddingRule"]
+
 SCALED_EMBEDDING_CLASSES = (
     "transformers.models.bart.modeling_bart.BartScaledWordEmbedding",
     "transformers.models.mbart.modeling_mbart.MBartScaledWordEmbedding",

@@ -10,9 +10,13 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.factors import DenseFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 
+__all__ = ["LinearRule"]
+
 
 @register_rule(nn.Linear)
 class LinearRule(LayerRule):
+    example_axis_movable = True
+
     def per_example_grads(self, module: nn.Module, inp: Tensor, grad_out: Tensor) -> dict[str, PerExampleGrad]:
         n = inp.shape[0]
         a = inp.reshape(n, -1, 1, inp.shape[-1])

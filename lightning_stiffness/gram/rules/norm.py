@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 
+__all__ = ["BatchNormEvalRule", "GroupNormRule", "LayerNormRule"]
+
 
 def _affine_grads(
     module: nn.Module, normed: Tensor, grad_out: Tensor, feature_dims: list[int]
@@ -35,6 +37,8 @@ def _trailing_dims(x: Tensor, count: int) -> list[int]:
 
 @register_rule(nn.LayerNorm)
 class LayerNormRule(LayerRule):
+    example_axis_movable = True
+
     def per_example_grads(self, module: nn.Module, inp: Tensor, grad_out: Tensor) -> dict[str, PerExampleGrad]:
         assert isinstance(module, nn.LayerNorm)
         shape = tuple(module.normalized_shape)
@@ -46,6 +50,8 @@ if hasattr(nn, "RMSNorm"):
 
     @register_rule(nn.RMSNorm)
     class RMSNormRule(LayerRule):
+        example_axis_movable = True
+
         def per_example_grads(self, module: nn.Module, inp: Tensor, grad_out: Tensor) -> dict[str, PerExampleGrad]:
             shape = tuple(module.normalized_shape)  # type: ignore[arg-type]
             normed = F.rms_norm(inp, shape, None, module.eps)  # type: ignore[arg-type]

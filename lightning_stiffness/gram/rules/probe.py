@@ -8,6 +8,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
+__all__: list[str] = []  # internal to the package: no public names
+
 
 def forward_without_hooks(module: nn.Module, x: Tensor, replace: dict[str, Tensor] | None = None) -> Tensor | None:
     """``type(module).forward`` on ``x`` under ``no_grad``, optionally with some parameters replaced;

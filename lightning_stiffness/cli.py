@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{len(result.runs)} run(s), {len(result.figures)} figure(s) written to {args.out}")
     for claim in result.claims:
-        print(f"  [{claim.verdict:>15}] {claim.number:2d}. {claim.claim}\n      {claim.evidence}")
+        print(f"  [{claim.verdict:>15}] {claim.number:2d}. {claim.claim}")
+        print(f"      rule: {claim.rule}\n      measured: {claim.evidence}")
     return 0
 
 

@@ -13,6 +13,9 @@ X → 500 → 300 → 100 → 10 with ReLU, trained with Adam (lr 1e-3, batch 32
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -125,7 +128,25 @@ def main(argv: list[str] | None = None) -> None:
     if cb.failures:
         print(f"{len(cb.failures)} measurement(s) failed: {cb.failures}")
     print(f"\nTensorBoard logs written to {Path(args.out).resolve()}")
-    print(f"view them with:  tensorboard --logdir {args.out}")
+    print(f"view them with:  {tensorboard_command(args.out)}")
+
+
+def tensorboard_command(out: str | Path) -> str:
+    """The ``tensorboard --logdir`` line that works as printed from any directory.
+
+    ``scripts/demo.sh`` changes to the repository root before it runs the demo, so a relative
+    ``--logdir`` would only be right from there: the directory is printed absolute. The
+    ``tensorboard`` executable is the one installed beside this Python (``.venv/bin``, not on
+    ``PATH`` unless the environment is activated), unless ``tensorboard`` on ``PATH`` is that one.
+    """
+    logdir = Path(out).resolve()
+    beside = Path(sys.executable).parent / "tensorboard"
+    on_path = shutil.which("tensorboard")
+    if beside.exists() and (on_path is None or Path(on_path).resolve() != beside.resolve()):
+        executable = str(beside)
+    else:
+        executable = "tensorboard"
+    return f"{shlex.quote(executable)} --logdir {shlex.quote(str(logdir))}"
 
 
 if __name__ == "__main__":

@@ -447,8 +447,14 @@ def load_measurement(path: str | Path) -> Measurement:
 
 def load_measurements(path: str | Path) -> list[Measurement]:
     """All measurements saved under ``path`` — a run's log dir, its ``stiffness`` folder, or a
-    single file — oldest first (by step, then file name). Several runs under one folder are an
-    error (their steps would interleave); load them one by one or with
+    single file — oldest first (by step, then file name).
+
+    A folder holding several measurement folders is read as ONE run resumed from a checkpoint
+    (each resume writes into a new ``version_N`` folder) when the folders' ``run.json`` and probe
+    agree: the versions are merged by step, and an earlier version's measurements at or after
+    the step where the next version continues are dropped with a warning (see
+    :mod:`lightning_stiffness.versions`). Folders of different runs are refused with the
+    setting that differs (``ValueError``); load them one by one or with
     :func:`lightning_stiffness.report.load_runs`.
 
     Tolerated, with one :class:`MeasurementFormatWarning` for the whole call: files that cannot be
@@ -469,22 +475,18 @@ def load_measurements(path: str | Path) -> list[Measurement]:
             f"no saved measurements (measurement-*.pt) under {root}; pass the logger's log dir or the "
             "callback's save_dir"
         )
-    folders = sorted({str(f.parent) if isinstance(f, Path) else f.rsplit("/", 1)[0] for f in files})
-    if len(folders) > 1:
-        shown = ", ".join(folders[:3]) + (", …" if len(folders) > 3 else "")
-        raise ValueError(f"{root} holds measurements of {len(folders)} runs ({shown}); pass one run's directory")
-    measurements: list[Measurement] = []
+    by_folder: dict[Path | str, list[Measurement]] = {_parent(f): [] for f in files}
     skipped: list[str] = []
     notes: list[str] = []
     for file in files:
         name = file.name if isinstance(file, Path) else file.rsplit("/", 1)[-1]
         try:
-            measurements.append(_from_dict(_read(file), notes, name))
+            by_folder[_parent(file)].append(_from_dict(_read(file), notes, name))
         except NewerFormatError:
             raise
         except MeasurementFormatError as error:
             skipped.append(f"{name} ({str(error).removeprefix(str(file)).removeprefix(name).strip()})")
-    if not measurements:
+    if not any(by_folder.values()):
         raise MeasurementFormatError(f"no measurement under {root} can be read: " + "; ".join(skipped))
     if skipped:
         warnings.warn(
@@ -494,7 +496,16 @@ def load_measurements(path: str | Path) -> list[Measurement]:
             stacklevel=2,
         )
     _warn_notes(notes, str(root))
-    return sorted(measurements, key=lambda m: m.step)
+    if len(by_folder) > 1:
+        from lightning_stiffness.versions import Version, merge_versions, read_run_info
+
+        return merge_versions([Version(folder, read_run_info(folder), ms) for folder, ms in by_folder.items()])
+    return sorted(next(iter(by_folder.values())), key=lambda m: m.step)
+
+
+def _parent(file: Path | str) -> Path | str:
+    """The folder holding a measurement file (for a URL, the URL up to its last ``/``)."""
+    return file.parent if isinstance(file, Path) else file.rsplit("/", 1)[0]
 
 
 def _listing(path: str | Path) -> tuple[Path | str, str | None, list[Path | str]]:

@@ -75,6 +75,8 @@ def training_figure(run: Run) -> Any:
     if train or val:
         bottom.set_yscale("log")
         bottom.legend(fontsize=7)
+    else:
+        no_data_note(bottom, "no training or validation loss recorded with the measurements")
     bottom.set_xlabel("optimizer step + 1")
     bottom.set_ylabel("loss")
     fig.tight_layout()
@@ -118,6 +120,9 @@ def class_matrix_grid(run: Run, kind: str = "sign", steps: Sequence[int] | None 
         ax.set_ylabel("class 2", fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=fig.axes, shrink=0.8)
+    else:
+        wanted = ", ".join(str(s) for s in steps) if steps else "none"
+        no_data_note(fig.add_subplot(1, 1, 1), f"no measurement at the requested steps ({wanted})")
     fig.suptitle(f"Class stiffness matrices — {run.name}")
     return fig
 
@@ -127,12 +132,15 @@ def distance_by_space_figure(run: Run, kind: str = "sign", pairs: str = "all") -
     (input and each representation layer)."""
     m = run.measurements[-1]
     curves = {space: m.curve(space, kind, pairs) for space in m.spaces if result_key(space, kind, pairs) in m.curves}
-    return distance_figure(
+    fig = distance_figure(
         curves,
         None,
         title=f"{kind} stiffness, {pairs} pairs, step {m.step}\n{run.name}",
         xlabel="cosine distance 1 − cos(R₁, R₂)",
     )
+    if not any(int(c.count.sum()) > 0 for c in curves.values()):
+        no_data_note(fig.axes[0], f"no {kind} stiffness-vs-distance curve for {pairs} pairs at step {m.step}")
+    return fig
 
 
 def superclass_figure(run: Run) -> Any:
@@ -192,7 +200,7 @@ def lr_between_figure(runs: Sequence[Run], kind: str = "sign") -> Any:
         if pts:
             right.plot(*zip(*sorted(pts)), marker="o", label=f"epoch {e + 1}")
     empty = {
-        left: "no loss-threshold measurements\n(StiffnessCallback(loss_thresholds=...))",
+        left: thresholds_not_reached(with_lr),
         right: "no epoch-end measurements\n(StiffnessCallback(at_epoch_end=True))",
     }
     for ax, title in ((left, "at equal training loss (v1 Fig. 8)"), (right, "at equal epoch (v3)")):
@@ -205,7 +213,7 @@ def lr_between_figure(runs: Sequence[Run], kind: str = "sign") -> Any:
             ax.set_xscale("log")
             ax.legend(fontsize=7)
         else:
-            ax.text(0.5, 0.5, empty[ax], transform=ax.transAxes, ha="center", va="center", fontsize=8)
+            no_data_note(ax, empty[ax])
     fig.tight_layout()
     return fig
 
@@ -248,5 +256,41 @@ def lr_critical_length_figure(
     ax.set_title(f"ξ at training loss {threshold:g} (hollow ▵: no crossing, ξ ≥ the value drawn)", fontsize=9)
     if ax.lines or ax.collections:
         ax.legend(fontsize=7)
+    else:
+        reached = sum(1 for r in runs if at_loss_threshold(r, threshold) is not None)
+        no_data_note(
+            ax,
+            f"no run has a positive, finite ξ ({estimator}) at training loss {threshold:g}"
+            if reached
+            else f"no run reached training loss {threshold:g}",
+        )
     fig.tight_layout()
     return fig
+
+
+def no_data_note(ax: Any, reason: str) -> None:
+    """Write "no data" and why in the middle of an empty panel, so that an empty plot is never
+    read as a flat or missing result."""
+    ax.text(
+        0.5, 0.5, f"no data\n{reason}", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="dimgray"
+    )
+
+
+def thresholds_not_reached(runs: Sequence[Run]) -> str:
+    """Why no run has a loss-threshold measurement: no thresholds were set, or which were set and
+    the lowest smoothed training loss the runs' measurements recorded (not low enough)."""
+    wanted = loss_thresholds(runs)
+    if not wanted:
+        return "no loss thresholds were set\n(StiffnessCallback(loss_thresholds=...))"
+    losses = [
+        (m.train_loss, r.name, m.step)
+        for r in runs
+        for m in r.measurements
+        if m.train_loss is not None and math.isfinite(m.train_loss)
+    ]
+    reached = (
+        f"lowest smoothed training loss measured: {min(losses)[0]:.3g}\n({min(losses)[1]}, step {min(losses)[2]})"
+        if losses
+        else "no smoothed training loss was recorded"
+    )
+    return f"loss thresholds {', '.join(f'{t:g}' for t in wanted)}\nwere set but not reached;\n{reached}"

@@ -285,7 +285,7 @@ CaseFactory = Callable[[], tuple[BenchCase, int, bool]]
 
 
 def build_cases(device: torch.device, full: bool) -> list[tuple[str, CaseFactory]]:
-    """(name, factory → (case, N, run the recipe?)); CPU sizes by default, the issue's GPU sizes
+    """(name, factory → (case, N, run the recipe?)); CPU sizes by default, GPU sizes
     with ``--full``. Factories are lazy, so ``--only`` needs only the packages its cases use."""
     gpu = device.type == "cuda"
     width, n_resnet = (1024, 512) if gpu else (512, 128)

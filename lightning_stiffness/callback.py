@@ -336,6 +336,8 @@ class StiffnessCallback(Callback):
             "representation_layers": list(self.settings.measure.representation_layers),
             "superclasses": superclasses,
             "settings": record,
+            "probe": self.probe_spec.to_dict() if self.probe_spec is not None else None,
+            "start_step": trainer.global_step,  # > 0 for a resumed fit
             # every setting flat by name, as 0.1.0 wrote it (reports read "callback")
             "callback": {name: value for group in record.values() for name, value in group.items()},
             "max_epochs": trainer.max_epochs,

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks of issues #3 and #6 in one call on a GPU machine:
+# The GPU check in one call on a CUDA machine:
 #   exactness of every zoo model and method on CUDA, the callback under the single-device, DDP,
-#   FSDP (FSDP1) and ModelParallelStrategy (FSDP2) strategies on one GPU, then the benchmark with
-#   the issue's GPU sizes (ResNet-18 N=512, N=8192 MLP, BERT-base N=256 x 128 tokens).
-# Uses the machine's own python3 (torch, lightning, transformers, pytest preinstalled) and the
-# package from this checkout; nothing is installed. Logs go to $OUT (the device tool's folder)
-# or ./gpu-check. About 5 minutes on an H100.
+#   FSDP (FSDP1) and ModelParallelStrategy (FSDP2) strategies on one GPU, then the benchmark at
+#   GPU sizes (ResNet-18 N=512, an N=8192 probe on a 10.5M MLP, BERT-base N=256 x 128 tokens).
+# Uses the machine's own python3 (torch, lightning, transformers, pytest installed) and the
+# package from this checkout; nothing is installed. Logs go to $OUT if set, else ./gpu-check.
+# The tables of bench.txt go into docs/performance.md with the card's name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-check}"

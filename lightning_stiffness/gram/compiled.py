@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 from torch import nn
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 def is_compiled(module: nn.Module) -> bool:
     """Whether ``module`` is ``torch.compile``'s wrapper around an ``_orig_mod``."""

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.rules.base import register_rule
 from lightning_stiffness.gram.rules.module_local import Axis, ModuleLocalRule
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 @register_rule(nn.MultiheadAttention)
 class MultiheadAttentionRule(ModuleLocalRule):

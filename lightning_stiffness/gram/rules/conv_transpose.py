@@ -17,6 +17,8 @@ from lightning_stiffness.gram.factors import DenseFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 from lightning_stiffness.gram.rules.conv import unfold_patches
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 @register_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 class ConvTransposeRule(LayerRule):

@@ -19,6 +19,8 @@ from lightning_stiffness.gram.capture import ModuleCall
 from lightning_stiffness.gram.factors import DenseFactor, IndexFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
     names = ("input", "offsets", "per_sample_weights")

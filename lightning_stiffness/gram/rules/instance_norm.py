@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 from lightning_stiffness.gram.rules.norm import _affine_grads
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 @register_rule(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 class InstanceNormRule(LayerRule):

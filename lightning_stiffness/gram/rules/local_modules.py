@@ -23,6 +23,8 @@ from torch import nn
 from lightning_stiffness.gram.rules.base import register_rule, register_when_imported
 from lightning_stiffness.gram.rules.module_local import Axis, ModuleLocalRule, _tensors
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 class LeadingAxisLocalRule(ModuleLocalRule):
     example_args: tuple[str, ...] = ("x",)

@@ -28,6 +28,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 from lightning_stiffness.gram.capture import ModuleCall
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 #: An example axis and how many consecutive entries each example owns there (attention masks
 #: of shape ``(N·heads, L, S)`` own ``heads`` rows).
 Axis = tuple[int, int]

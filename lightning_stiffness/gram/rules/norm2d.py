@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule, register_when_imported
 from lightning_stiffness.gram.rules.norm import LayerNormRule, _affine_grads
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 def channel_layer_norm(module: nn.LayerNorm, x: Tensor) -> Tensor:
     """``x̂``: ``x`` normalised over dim 1 (no affine), same layout as ``x``."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 def channel_affine(module: nn.Module, normed: Tensor, channel_dim: int = 1) -> Tensor:
     """``γ ⊙ x̂ + β`` with one ``γ_c, β_c`` per channel on ``channel_dim`` (absent ones: 1 and 0)."""

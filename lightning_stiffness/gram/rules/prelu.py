@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 @register_rule(nn.PReLU)
 class PReLURule(LayerRule):

@@ -32,6 +32,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from lightning_stiffness.gram.capture import GraphKey, graph_key
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 _T = torch.Tensor
 #: Ops that turn a parameter-only tensor into another one without reading activations. ``expand``
 #: is not one of them: it is accepted only as the broadcasting use along dim 0 (``cls.expand(N, …)``),

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from lightning_stiffness.gram.rules.base import register_rule
 from lightning_stiffness.gram.rules.module_local import Axis, ModuleLocalRule
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 MAX_LAYERS = 16
 
 

@@ -21,6 +21,8 @@ from lightning_stiffness.gram.rules.norm import GroupNormRule, LayerNormRule, _a
 from lightning_stiffness.gram.rules.norm2d import channel_layer_norm
 from lightning_stiffness.gram.rules.norm_act import channel_affine, preactivation_backprop
 
+__all__: list[str] = []  # rules register themselves; nothing here is imported by users
+
 
 class BatchNormActRule(LayerRule):
     def unsupported_reason(self, module: nn.Module) -> str | None:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -300,13 +301,114 @@ def build_cases(device: torch.device, full: bool) -> list[tuple[str, CaseFactory
     return cases
 
 
+# --------------------------------------------------------------------------- callback cost
+
+
+def analytics_vs_gram(device: torch.device, n: int, repeats: int) -> str:
+    """Analytics (:func:`~lightning_stiffness.analysis.analyze`) against the Gram they start from,
+    at the demo's settings: its FC network 784-500-300-100-10, 10 classes, two splits, input
+    distances, with bootstrap 0 (the callback's default) and 50 (the demo's)."""
+    from lightning_stiffness.analysis import AnalysisConfig, analyze
+    from lightning_stiffness.analytics import input_distances
+    from lightning_stiffness.demo import FCClassifier
+
+    model = FCClassifier(784).to(device).eval()
+    x = torch.randn(n, 784, device=device)
+    x = x / x.norm(dim=1, keepdim=True)
+    y = torch.arange(n, device=device) % 10
+    splits = (torch.arange(n) >= n // 2).long()
+    distances = {"input": input_distances(x)}
+    gram = measure(lambda: per_example_gram(model, x, y), device, repeats)
+    assert gram.gram is not None
+    lines = [f"\nanalytics vs Gram: demo FC 784-500-300-100-10, N={n}, 10 classes, input distances"]
+    lines.append(f"  {'part':<28}{'time':>11}{'vs Gram':>10}")
+    lines.append(f"  {'Gram (auto)':<28}{_ms(gram.seconds):>11}{'1.00x':>10}")
+    for bootstrap in (0, 50):
+        config = AnalysisConfig(bootstrap=bootstrap)
+
+        def run(config: AnalysisConfig = config) -> None:
+            assert gram.gram is not None
+            analyze(gram.gram, y, splits, ("train", "val"), step=0, epoch=0, trigger="bench",
+                    distances=distances, config=config)  # fmt: skip
+
+        timing = measure(run, device, repeats)
+        lines.append(
+            f"  {f'analytics, bootstrap={bootstrap}':<28}{_ms(timing.seconds):>11}"
+            f"{timing.seconds / gram.seconds:>9.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def callback_overhead(steps: int, repeats: int, log_images: bool = True) -> str:
+    """Wall-clock of the demo's training (its model and data, batch 32, CPU) for ``steps``
+    optimizer steps without and with ``StiffnessCallback()`` at its default settings, in
+    alternating order; the callback's own accounting (``measurement.seconds``) beside it."""
+    import tempfile
+
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+
+    from lightning_stiffness import StiffnessCallback
+    from lightning_stiffness.demo import FCClassifier, load_digits_dataset
+
+    train, val = load_digits_dataset("mnist5k", 0)
+
+    def fit(with_callback: bool) -> tuple[float, StiffnessCallback | None, int]:
+        L.seed_everything(0, verbose=False)
+        callback = StiffnessCallback(log_images=log_images) if with_callback else None
+        with tempfile.TemporaryDirectory() as out:
+            trainer = L.Trainer(
+                max_steps=steps,
+                accelerator="cpu",
+                devices=1,
+                logger=TensorBoardLogger(out, name="bench", default_hp_metric=False),
+                callbacks=[callback] if callback else [],
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                log_every_n_steps=10,
+                num_sanity_val_steps=0,
+            )
+            model = FCClassifier(train.tensors[0].shape[1])
+            start = time.perf_counter()
+            trainer.fit(model, DataLoader(train, batch_size=32, shuffle=True), DataLoader(val, batch_size=256))
+            seconds = time.perf_counter() - start
+            disk = sum(f.stat().st_size for f in Path(out).rglob("measurement-*.pt"))
+        return seconds, callback, disk
+
+    fit(False)  # warm-up: imports, data loader workers, first-call overheads
+    plain, with_cb, own, disk, count = [], [], [], 0, 0
+    for _ in range(repeats):
+        plain.append(fit(False)[0])
+        seconds, callback, disk = fit(True)
+        assert callback is not None
+        with_cb.append(seconds)
+        own.append(sum(m.seconds for m in callback.measurements))
+        count = len(callback.measurements)
+    base, total, accounted = statistics.median(plain), statistics.median(with_cb), statistics.median(own)
+    lines = [
+        f"\ncallback overhead: demo FC on mnist5k, batch 32, {steps} steps, StiffnessCallback() defaults "
+        f"(log_images={log_images}), median of {repeats}",
+        f"  without the callback   {base:8.2f} s   1.00x",
+        f"  with the callback      {total:8.2f} s   {total / base:.2f}x   overhead {total - base:.2f} s "
+        f"= {(total - base) / base:.0%} of training",
+        f"  callback's own seconds {accounted:8.2f} s   (sum of measurement.seconds, {count} measurements)",
+        f"  disk: {disk / 2**20:.1f} MiB of measurement files ({disk / max(count, 1) / 2**20:.2f} MiB each)",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--only", nargs="*", help="case keys to run: mlp, cnn, cnn-wide, resnet18, tiny-bert, mlp-8192, bert-base"
+        "--only",
+        nargs="*",
+        help="case keys to run: mlp, cnn, cnn-wide, resnet18, tiny-bert, mlp-8192, bert-base, analytics, callback",
     )
+    parser.add_argument("--steps", type=int, default=750, help="training steps of the 'callback' case (demo: 750)")
     parser.add_argument("--full", action="store_true", help="also the large GPU cases (N=8192 MLP, BERT-base)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -318,6 +420,10 @@ def main(argv: list[str] | None = None) -> None:
         case, n, with_recipe = factory()
         results = run_case(case, device, args.repeats, with_recipe)
         print(format_results(case, n, results), flush=True)
+    if not args.only or "analytics" in args.only:
+        print(analytics_vs_gram(device, 1000, args.repeats), flush=True)
+    if not args.only or "callback" in args.only:
+        print(callback_overhead(args.steps, args.repeats), flush=True)
 
 
 def _device_name(device: torch.device) -> str:

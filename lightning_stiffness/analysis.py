@@ -132,15 +132,16 @@ def add_distance_analysis(
     # every pair i < j, gathered and binned once for all curves and estimators of this space
     n = distances.shape[0]
     rows, cols = torch.triu_indices(n, n, offset=1, device=distances.device)
-    dists = distances[rows, cols]
+    flat = rows * n + cols  # torch.take with flat indices gathers several times faster than m[rows, cols]
+    dists = torch.take(distances, flat)
     same = labels.to(distances.device)[rows] == labels.to(distances.device)[cols]
     of_kind = {"within": same, "between": ~same, "all": None}
-    binning = DistanceBins.of(dists, bins=cfg.bins, value_range=value_range)
+    binning = DistanceBins.of(dists, bins=cfg.bins, value_range=value_range, same=same)
     shared: tuple[Tensor, PairSample] | None = None  # sign and cos usually select the same pairs
     for kind, s in matrices.items():
-        values = s[rows, cols]
+        values = torch.take(s, flat)
         usable = torch.isfinite(values) & torch.isfinite(dists)
-        for pairs, curve in binning.curves_by_class(values, usable, same).items():
+        for pairs, curve in binning.curves_by_class(values, usable).items():
             measurement.curves[f"{space}/{kind}/{pairs}"] = curve
         kind_mask = of_kind[cfg.critical_length_pairs]
         chosen = (usable if kind_mask is None else usable & kind_mask).nonzero().squeeze(1)

@@ -103,9 +103,8 @@ def test_curves_by_class_equal_separate_curves() -> None:
     rows, cols = torch.triu_indices(n, n, offset=1)
     values, dists = s[rows, cols], d[rows, cols]
     usable = torch.isfinite(values) & torch.isfinite(dists)
-    curves = DistanceBins.of(dists, bins=7, value_range=(0.2, 1.6)).curves_by_class(
-        values, usable, labels[rows] == labels[cols]
-    )
+    binning = DistanceBins.of(dists, bins=7, value_range=(0.2, 1.6), same=labels[rows] == labels[cols])
+    curves = binning.curves_by_class(values, usable)
     for kind in PAIR_KINDS:
         expected = binned_curve(s, d, pair_mask(labels, kind), bins=7, value_range=(0.2, 1.6))
         assert torch.equal(curves[kind].count, expected.count)

@@ -185,15 +185,26 @@ class DistanceBins:
         edges: ``(bins + 1,)`` edges; bin ``k`` is ``[edges[k], edges[k+1])``, the last one closed.
         index: ``(P,)`` bin of each pair (meaningful where ``inside``).
         inside: ``(P,)`` pairs whose distance lies in ``[edges[0], edges[-1]]``.
+        groups: ``(P,)`` bin of a same-class pair, ``bins +`` bin of a different-class pair (None
+            unless ``same`` was given to :meth:`of`); for :meth:`curves_by_class`.
     """
 
     edges: Tensor
     index: Tensor
     inside: Tensor
+    groups: Tensor | None = None
 
     @classmethod
-    def of(cls, dists: Tensor, *, bins: int = 30, value_range: tuple[float, float] | None = None) -> DistanceBins:
-        """Bins of ``value_range`` (default ``(0, max dists)``, ``(0, 1)`` when that is 0 or there are none)."""
+    def of(
+        cls,
+        dists: Tensor,
+        *,
+        bins: int = 30,
+        value_range: tuple[float, float] | None = None,
+        same: Tensor | None = None,
+    ) -> DistanceBins:
+        """Bins of ``value_range`` (default ``(0, max dists)``, ``(0, 1)`` when that is 0 or there
+        are none); ``same`` flags the same-class pairs for :meth:`curves_by_class`."""
         if bins < 1:
             raise ValueError(f"bins must be at least 1, got {bins}")
         if value_range is None:
@@ -205,20 +216,24 @@ class DistanceBins:
                 raise ValueError(f"value_range must satisfy low < high, got {value_range}")
         edges = torch.linspace(low, high, bins + 1, dtype=dists.dtype, device=dists.device)
         inside = (dists >= low) & (dists <= high)
-        return cls(edges, torch.bucketize(dists, edges[1:-1], right=True), inside)
+        index = torch.bucketize(dists, edges[1:-1], right=True)
+        groups = None if same is None else index + bins * ~same
+        return cls(edges, index, inside, groups)
 
     def curve(self, values: Tensor, keep: Tensor | None = None) -> BinnedCurve:
         """Mean ± standard error per bin of ``values`` ``(P,)`` over the pairs flagged by ``keep``
         (default: all) that lie inside the bins."""
-        count, sums, squares = self._moments(values, keep, None)
+        count, sums, squares = self._moments(values, keep, self.index, self.edges.shape[0] - 1)
         return self._curve(count, sums, squares, values.dtype)
 
-    def curves_by_class(self, values: Tensor, keep: Tensor | None, same: Tensor) -> dict[str, BinnedCurve]:
-        """``{"within": …, "between": …, "all": …}`` curves in one pass over the pairs: ``same``
-        flags same-class pairs. The ``all`` curve combines the two groups exactly: counts and sums
+    def curves_by_class(self, values: Tensor, keep: Tensor | None = None) -> dict[str, BinnedCurve]:
+        """``{"within": …, "between": …, "all": …}`` curves in one pass over the pairs (``same``
+        given to :meth:`of`). The ``all`` curve combines the two groups exactly: counts and sums
         add, and the squared deviations add with Chan's term ``n_g (m_g − m)²`` per group."""
+        if self.groups is None:
+            raise ValueError("curves_by_class needs DistanceBins.of(..., same=...)")
         bins = self.edges.shape[0] - 1
-        count, sums, squares = self._moments(values, keep, same)
+        count, sums, squares = self._moments(values, keep, self.groups, 2 * bins)
         within, between = slice(0, bins), slice(bins, 2 * bins)
         total_count = count[within] + count[between]
         total_sums = sums[within] + sums[between]
@@ -234,23 +249,21 @@ class DistanceBins:
             "all": self._curve(total_count, total_sums, total_squares, dtype),
         }
 
-    def _moments(self, values: Tensor, keep: Tensor | None, same: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Per bin (and per class group: ``bins + k`` for pairs with ``same`` False): the count,
-        the sum and the sum of squared deviations from the bin mean (two passes, float64)."""
-        bins = self.edges.shape[0] - 1
+    def _moments(
+        self, values: Tensor, keep: Tensor | None, index: Tensor, groups: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per group of ``index``: the count, the sum and the sum of squared deviations from the
+        group mean (two passes, float64) of the pairs inside the bins flagged by ``keep``."""
         selected = self.inside if keep is None else self.inside & keep
-        rows = None if bool(selected.all()) else selected.nonzero().squeeze(1)
-        index = self.index if rows is None else self.index[rows]
-        if same is not None:
-            index = index + bins * ~(same if rows is None else same[rows])
-        groups = bins if same is None else 2 * bins
+        if not bool(selected.all()):
+            rows = selected.nonzero().squeeze(1)
+            index, values = index[rows], values[rows]
         dtype = accumulation_dtype(values.device)
-        values = (values if rows is None else values[rows]).to(dtype)
-        count = torch.zeros(groups, dtype=torch.long, device=values.device).index_add_(0, index, torch.ones_like(index))
-        count_f = count.to(dtype)
-        sums = torch.zeros(groups, dtype=dtype, device=values.device).index_add_(0, index, values)
-        mean = torch.where(count > 0, sums / count_f.clamp_min(1), math.nan)
-        squares = torch.zeros_like(sums).index_add_(0, index, (values - mean[index]) ** 2)
+        values = values.to(dtype)
+        count_f = torch.bincount(index, minlength=groups).to(dtype)
+        sums = torch.bincount(index, weights=values, minlength=groups).to(dtype)
+        mean = torch.where(count_f > 0, sums / count_f.clamp_min(1), math.nan)
+        squares = torch.bincount(index, weights=(values - mean[index]) ** 2, minlength=groups).to(dtype)
         return count_f, sums, squares
 
     def _curve(self, count_f: Tensor, sums: Tensor, squares: Tensor, values_dtype: torch.dtype) -> BinnedCurve:
@@ -459,7 +472,7 @@ def _pair_chunks(pairs: PairSample, bootstrap: int, seed: int) -> Iterator[tuple
     chunk = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[0]))
     for start in range(0, bootstrap, chunk):
         counts = multiplicity[start : start + chunk].T.contiguous()
-        block = (counts[rows] * counts[cols], counts)
+        block = (counts[rows].mul_(counts[cols]), counts)
         if chunk >= bootstrap:
             pairs.cache[key] = [block]
         yield block

@@ -269,13 +269,22 @@ def _group_pair_sums(stiffness: Tensor, groups: Tensor, num_groups: int, include
     ``include_self``), as ``Hᵀ (S ⊙ W) H`` and ``Hᵀ W H`` with one-hot ``H`` (float64 sums)."""
     dtype = accumulation_dtype(stiffness.device)
     finite = torch.isfinite(stiffness)
-    values = torch.where(finite, stiffness, torch.zeros_like(stiffness)).to(dtype)
-    weights = finite.to(dtype)
+    onehot = F.one_hot(groups, num_groups).to(dtype)
+    if bool(finite.all()):  # the usual case: counts are products of group sizes, no second product
+        values = stiffness.to(dtype, copy=True)
+        sizes = onehot.sum(dim=0)
+        counts = sizes[:, None] * sizes[None, :]
+        if not include_self:
+            counts = counts - torch.diag(sizes)
+    else:
+        values = torch.where(finite, stiffness, torch.zeros_like(stiffness)).to(dtype)
+        weights = finite.to(dtype)
+        if not include_self:
+            weights.fill_diagonal_(0)
+        counts = onehot.T @ (weights @ onehot)
     if not include_self:
         values.fill_diagonal_(0)
-        weights.fill_diagonal_(0)
-    onehot = F.one_hot(groups, num_groups).to(dtype)
-    return onehot.T @ (values @ onehot), onehot.T @ (weights @ onehot)
+    return onehot.T @ (values @ onehot), counts
 
 
 def _means(sums: Tensor, counts: Tensor, dtype: torch.dtype) -> Tensor:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
+import math
 import os
 import statistics
 import threading
@@ -304,10 +306,23 @@ def build_cases(device: torch.device, full: bool) -> list[tuple[str, CaseFactory
 # --------------------------------------------------------------------------- callback cost
 
 
+def cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Smallest process CPU time (all threads) of ``repeats`` calls after a warm-up: on a shared
+    machine less disturbed by other processes than wall-clock."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
 def analytics_vs_gram(device: torch.device, n: int, repeats: int) -> str:
     """Analytics (:func:`~lightning_stiffness.analysis.analyze`) against the Gram they start from,
     at the demo's settings: its FC network 784-500-300-100-10, 10 classes, two splits, input
-    distances, with bootstrap 0 (the callback's default) and 50 (the demo's)."""
+    distances, with bootstrap 0 (the callback's default) and 50 (the demo's). Wall-clock medians
+    and, on a CPU, the smallest CPU time."""
     from lightning_stiffness.analysis import AnalysisConfig, analyze
     from lightning_stiffness.analytics import input_distances
     from lightning_stiffness.demo import FCClassifier
@@ -320,9 +335,11 @@ def analytics_vs_gram(device: torch.device, n: int, repeats: int) -> str:
     distances = {"input": input_distances(x)}
     gram = measure(lambda: per_example_gram(model, x, y), device, repeats)
     assert gram.gram is not None
+    cpu = device.type == "cpu"
+    gram_cpu = cpu_seconds(lambda: per_example_gram(model, x, y), repeats) if cpu else math.nan
     lines = [f"\nanalytics vs Gram: demo FC 784-500-300-100-10, N={n}, 10 classes, input distances"]
-    lines.append(f"  {'part':<28}{'time':>11}{'vs Gram':>10}")
-    lines.append(f"  {'Gram (auto)':<28}{_ms(gram.seconds):>11}{'1.00x':>10}")
+    lines.append(f"  {'part':<28}{'wall':>11}{'vs Gram':>9}{'CPU time':>11}{'vs Gram':>9}")
+    lines.append(f"  {'Gram (auto)':<28}{_ms(gram.seconds):>11}{'1.00x':>9}{_ms(gram_cpu):>11}{'1.00x':>9}")
     for bootstrap in (0, 50):
         config = AnalysisConfig(bootstrap=bootstrap)
 
@@ -332,17 +349,19 @@ def analytics_vs_gram(device: torch.device, n: int, repeats: int) -> str:
                     distances=distances, config=config)  # fmt: skip
 
         timing = measure(run, device, repeats)
+        analytics_cpu = cpu_seconds(run, repeats) if cpu else math.nan
         lines.append(
             f"  {f'analytics, bootstrap={bootstrap}':<28}{_ms(timing.seconds):>11}"
-            f"{timing.seconds / gram.seconds:>9.2f}x"
+            f"{timing.seconds / gram.seconds:>8.2f}x{_ms(analytics_cpu):>11}{analytics_cpu / gram_cpu:>8.2f}x"
         )
     return "\n".join(lines)
 
 
-def callback_overhead(steps: int, repeats: int, log_images: bool = True) -> str:
-    """Wall-clock of the demo's training (its model and data, batch 32, CPU) for ``steps``
-    optimizer steps without and with ``StiffnessCallback()`` at its default settings, in
-    alternating order; the callback's own accounting (``measurement.seconds``) beside it."""
+def callback_overhead(steps: int, repeats: int) -> str:
+    """The demo's training (its model and data, batch 32, validation each epoch, CPU) for
+    ``steps`` optimizer steps: without the callback, with ``StiffnessCallback()`` at its default
+    settings, and with its images off, in alternating order. Wall-clock and process CPU time
+    (medians), the callback's own accounting (``measurement.seconds``) and the disk it wrote."""
     import tempfile
 
     import lightning as L
@@ -352,11 +371,11 @@ def callback_overhead(steps: int, repeats: int, log_images: bool = True) -> str:
     from lightning_stiffness import StiffnessCallback
     from lightning_stiffness.demo import FCClassifier, load_digits_dataset
 
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     train, val = load_digits_dataset("mnist5k", 0)
 
-    def fit(with_callback: bool) -> tuple[float, StiffnessCallback | None, int]:
+    def fit(callback: StiffnessCallback | None) -> tuple[float, float, int]:
         L.seed_everything(0, verbose=False)
-        callback = StiffnessCallback(log_images=log_images) if with_callback else None
         with tempfile.TemporaryDirectory() as out:
             trainer = L.Trainer(
                 max_steps=steps,
@@ -371,31 +390,45 @@ def callback_overhead(steps: int, repeats: int, log_images: bool = True) -> str:
                 num_sanity_val_steps=0,
             )
             model = FCClassifier(train.tensors[0].shape[1])
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             trainer.fit(model, DataLoader(train, batch_size=32, shuffle=True), DataLoader(val, batch_size=256))
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
             disk = sum(f.stat().st_size for f in Path(out).rglob("measurement-*.pt"))
-        return seconds, callback, disk
+        return seconds, cpu, disk
 
-    fit(False)  # warm-up: imports, data loader workers, first-call overheads
-    plain, with_cb, own, disk, count = [], [], [], 0, 0
+    configs: dict[str, Callable[[], StiffnessCallback | None]] = {
+        "without the callback": lambda: None,
+        "StiffnessCallback()": lambda: StiffnessCallback(),
+        "  images off": lambda: StiffnessCallback(log_images=False),
+    }
+    fit(None)  # warm-up: imports, first-call overheads
+    wall: dict[str, list[float]] = {k: [] for k in configs}
+    cpu: dict[str, list[float]] = {k: [] for k in configs}
+    own: dict[str, list[float]] = {k: [] for k in configs}
+    notes: dict[str, str] = {}
     for _ in range(repeats):
-        plain.append(fit(False)[0])
-        seconds, callback, disk = fit(True)
-        assert callback is not None
-        with_cb.append(seconds)
-        own.append(sum(m.seconds for m in callback.measurements))
-        count = len(callback.measurements)
-    base, total, accounted = statistics.median(plain), statistics.median(with_cb), statistics.median(own)
+        for name, make in configs.items():
+            callback = make()
+            seconds, cpu_seconds_, disk = fit(callback)
+            wall[name].append(seconds)
+            cpu[name].append(cpu_seconds_)
+            if callback is not None:
+                own[name].append(sum(m.seconds for m in callback.measurements))
+                count = len(callback.measurements)
+                each = disk / max(count, 1) / 2**20
+                notes[name] = f"{count} measurements, {disk / 2**20:.1f} MiB on disk ({each:.2f} each)"
+    base = "without the callback"
+    base_wall, base_cpu = statistics.median(wall[base]), statistics.median(cpu[base])
     lines = [
-        f"\ncallback overhead: demo FC on mnist5k, batch 32, {steps} steps, StiffnessCallback() defaults "
-        f"(log_images={log_images}), median of {repeats}",
-        f"  without the callback   {base:8.2f} s   1.00x",
-        f"  with the callback      {total:8.2f} s   {total / base:.2f}x   overhead {total - base:.2f} s "
-        f"= {(total - base) / base:.0%} of training",
-        f"  callback's own seconds {accounted:8.2f} s   (sum of measurement.seconds, {count} measurements)",
-        f"  disk: {disk / 2**20:.1f} MiB of measurement files ({disk / max(count, 1) / 2**20:.2f} MiB each)",
+        f"\ncallback overhead: demo FC on mnist5k, batch 32, {steps} steps, median of {repeats}",
+        f"  {'run':<24}{'wall':>9}{'ratio':>8}{'CPU':>9}{'ratio':>8}{'own s':>8}  notes",
     ]
+    for name in configs:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        mine = f"{statistics.median(own[name]):.2f}" if own[name] else ""
+        ratios = f"{w:>8.2f}s{w / base_wall:>7.2f}x{c:>8.2f}s{c / base_cpu:>7.2f}x"
+        lines.append(f"  {name:<24}{ratios}{mine:>8}  {notes.get(name, '')}")
+    lines.append("  own s = sum of measurement.seconds, what stiffness/cost/seconds and cost/share count")
     return "\n".join(lines)
 
 

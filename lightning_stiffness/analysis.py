@@ -13,18 +13,16 @@ from torch import Tensor
 
 from lightning_stiffness.analytics import (
     StiffnessSummary,
-    binned_curve,
-    class_stiffness_matrix,
     cosine_matrix,
-    critical_length,
     gradient_diversity,
     m_coherence,
-    pair_mask,
     sign_matrix,
-    split_block_summaries,
+    stiffness_statistics,
     summarize,
     superclass_stats,
 )
+from lightning_stiffness.analytics.critical_length import DistanceBins, PairSample, critical_length_of_pairs
+from lightning_stiffness.analytics.stiffness import as_float
 from lightning_stiffness.measurement import Measurement
 
 __all__ = ["AnalysisConfig", "add_distance_analysis", "analyze", "scalar_metrics", "stiffness_matrices"]
@@ -88,13 +86,11 @@ def analyze(
     num_classes = cfg.num_classes or int(labels.max()) + 1
     matrices = stiffness_matrices(gram)
     summaries: dict[str, dict[str, StiffnessSummary]] = {}
+    class_matrices: dict[str, Tensor] = {}
     for kind, s in matrices.items():
-        per_kind = {"all": summarize(s, labels, num_classes, include_self=cfg.include_self)}
-        if len(split_names) > 1:
-            per_kind.update(
-                split_block_summaries(s, labels, splits, split_names, num_classes, include_self=cfg.include_self)
-            )
-        summaries[kind] = per_kind
+        class_matrices[kind], summaries[kind] = stiffness_statistics(
+            s, labels, splits, split_names, num_classes, include_self=cfg.include_self
+        )
     measurement = Measurement(
         step=step,
         epoch=epoch,
@@ -105,8 +101,8 @@ def analyze(
         gram=gram,
         sign=matrices["sign"],
         cos=matrices["cos"],
-        class_sign=class_stiffness_matrix(matrices["sign"], labels, num_classes, include_self=cfg.include_self),
-        class_cos=class_stiffness_matrix(matrices["cos"], labels, num_classes, include_self=cfg.include_self),
+        class_sign=class_matrices["sign"],
+        class_cos=class_matrices["cos"],
         summaries=summaries,
         m_coherence=m_coherence(gram),
         gradient_diversity=gradient_diversity(gram),
@@ -130,23 +126,36 @@ def add_distance_analysis(
 ) -> None:
     """Binned stiffness-vs-distance curves and both critical-length estimators for one space."""
     labels = measurement.labels
-    finite = distances[torch.isfinite(distances)]
-    if finite.numel() == 0:
+    distances = as_float(distances)
+    finite = torch.isfinite(distances)
+    if not bool(finite.any()):
         return
-    value_range = (0.0, max(float(finite.max()), 1e-12))
+    value_range = (0.0, max(float(torch.where(finite, distances, -math.inf).max()), 1e-12))
+    # every pair i < j, gathered and binned once for all curves and estimators of this space
+    n = distances.shape[0]
+    rows, cols = torch.triu_indices(n, n, offset=1, device=distances.device)
+    flat = rows * n + cols  # torch.take with flat indices gathers several times faster than m[rows, cols]
+    dists = torch.take(distances, flat)
+    same = labels.to(distances.device)[rows] == labels.to(distances.device)[cols]
+    of_kind = {"within": same, "between": ~same, "all": None}
+    binning = DistanceBins.of(dists, bins=cfg.bins, value_range=value_range, same=same)
+    shared: tuple[Tensor, PairSample] | None = None  # sign and cos usually select the same pairs
     for kind, s in matrices.items():
-        for pairs in PAIR_KINDS:
-            mask = pair_mask(labels, pairs, include_self=False)
-            measurement.curves[f"{space}/{kind}/{pairs}"] = binned_curve(
-                s, distances, mask, bins=cfg.bins, value_range=value_range
-            )
+        values = torch.take(s, flat)
+        usable = torch.isfinite(values) & torch.isfinite(dists)
+        for pairs, curve in binning.curves_by_class(values, usable).items():
+            measurement.curves[f"{space}/{kind}/{pairs}"] = curve
+        kind_mask = of_kind[cfg.critical_length_pairs]
+        chosen = (usable if kind_mask is None else usable & kind_mask).nonzero().squeeze(1)
+        if shared is not None and torch.equal(shared[0], chosen):
+            fitted = dataclasses.replace(shared[1], values=values[chosen])  # shares the bootstrap weights
+        else:
+            fitted = PairSample(n, rows, cols, values, dists).take(chosen)
+            shared = (chosen, fitted)
         for estimator in ESTIMATORS:
-            measurement.critical_lengths[f"{space}/{kind}/{estimator}"] = critical_length(
-                s,
-                distances,
-                labels,
+            measurement.critical_lengths[f"{space}/{kind}/{estimator}"] = critical_length_of_pairs(
+                fitted,
                 method=estimator,
-                pairs=cfg.critical_length_pairs,
                 bins=cfg.bins,
                 max_distance=cfg.max_distance,
                 bootstrap=cfg.bootstrap,

@@ -48,11 +48,17 @@ __all__ = [
 #: Version of the on-disk format written by :func:`save_measurement`. A reader loads every file of
 #: its own major version (fields it does not know are set aside with a warning, missing optional
 #: fields take their defaults) and refuses a newer major version.
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (2, 0)
 #: Format of files that carry no ``format_version``: written by lightning-stiffness 0.1.0.
 LEGACY_FORMAT_VERSION = (0, 1)
 #: Keys of the on-disk dict that are not :class:`Measurement` fields.
-_METADATA_KEYS = ("format_version", "writer")
+_METADATA_KEYS = ("format_version", "writer", "saved_matrices")
+#: What :func:`save_measurement` keeps of the ``(N, N)`` matrices: ``"all"`` (Gram, sign and
+#: cosine stiffness), ``"gram"`` (the Gram alone; sign and cosine are recomputed from it on
+#: loading, exactly as the analysis computed them) or ``"none"``.
+SAVED_MATRICES = ("all", "gram", "none")
+#: The ``(N, N)`` matrices of a measurement.
+_MATRIX_FIELDS = ("gram", "sign", "cos")
 
 _T = TypeVar("_T")
 
@@ -116,6 +122,8 @@ class Measurement:
             ``within``/``between`` are NaN; overall stiffness, distances and ξ (all pairs) remain.
         unknown_fields: fields of a loaded file that this version does not know (written by a newer
             minor format version), kept aside and not written back by :meth:`to_dict`.
+        has_matrices: False for a measurement loaded from a file saved with ``matrices="none"``:
+            ``gram``, ``sign`` and ``cos`` are then empty ``(0, 0)`` tensors.
 
     Prefer the typed accessors :meth:`summary`, :meth:`curve`, :meth:`critical_length` and
     :attr:`spaces` to indexing the dicts with composite keys.
@@ -146,6 +154,7 @@ class Measurement:
     metrics: dict[str, float] = field(default_factory=dict)
     class_statistics: bool = True
     unknown_fields: dict[str, Any] = field(default_factory=dict)
+    has_matrices: bool = True
 
     @property
     def num_examples(self) -> int:
@@ -174,18 +183,28 @@ class Measurement:
         Its ``value`` is NaN unless ``status == "measured"``; see :class:`CriticalLength`."""
         return _lookup(self.critical_lengths, result_key(space, kind, estimator), "critical length")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, matrices: str = "all") -> dict[str, Any]:
         """Plain containers of tensors, numbers and strings (safe for ``weights_only`` loading),
-        with ``format_version`` and ``writer``."""
+        with ``format_version``, ``writer`` and ``saved_matrices`` (see :data:`SAVED_MATRICES`:
+        which of the ``(N, N)`` matrices are kept)."""
         from lightning_stiffness import __version__
 
+        if matrices not in SAVED_MATRICES:
+            raise ValueError(f"matrices must be one of {SAVED_MATRICES}, got {matrices!r}")
+        if not self.has_matrices and matrices != "none":
+            raise ValueError(
+                f"this measurement was loaded without its (N, N) matrices; it can only be saved with "
+                f"matrices='none', not {matrices!r}"
+            )
+        kept = {"all": _MATRIX_FIELDS, "gram": ("gram",), "none": ()}[matrices]
         out: dict[str, Any] = {
             "format_version": f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}",
             "writer": f"lightning-stiffness {__version__}",
+            "saved_matrices": matrices,
         }
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "unknown_fields":
+            if f.name in ("unknown_fields", "has_matrices") or (f.name in _MATRIX_FIELDS and f.name not in kept):
                 continue
             if f.name == "summaries":
                 value = {k: {p: asdict(s) for p, s in v.items()} for k, v in value.items()}
@@ -243,7 +262,9 @@ def _from_dict(data: Any, notes: list[str], source: str) -> Measurement:
             values["critical_lengths"] = _legacy_critical_lengths(values.get("critical_lengths", {}), values)
         except (AttributeError, TypeError, ValueError) as error:
             raise MeasurementFormatError(f"{source}: malformed 0.1 critical lengths ({error})") from error
-    known = {f.name for f in fields(Measurement)} - {"unknown_fields"}
+    if version >= (2, 0):
+        values.update(_derived_matrices(data, values, source))
+    known = {f.name for f in fields(Measurement)} - {"unknown_fields", "has_matrices"}
     unknown = {k: v for k, v in values.items() if k not in known}
     if unknown:
         notes.append(f"fields {sorted(unknown)} (kept in Measurement.unknown_fields)")
@@ -265,7 +286,27 @@ def _from_dict(data: Any, notes: list[str], source: str) -> Measurement:
                 kwargs[name] = {k: _build(kind, v, notes, source, name) for k, v in kwargs[name].items()}
     except (AttributeError, TypeError) as error:  # a field of the wrong type: not a measurement we wrote
         raise MeasurementFormatError(f"{source}: malformed measurement ({error})") from error
-    return Measurement(**kwargs, unknown_fields=unknown)
+    has_matrices = data.get("saved_matrices", "all") != "none"
+    return Measurement(**kwargs, unknown_fields=unknown, has_matrices=has_matrices)
+
+
+def _derived_matrices(data: dict[str, Any], values: dict[str, Any], source: str) -> dict[str, Any]:
+    """The ``(N, N)`` matrices a format-2 file left out (its ``saved_matrices``): sign and cosine
+    stiffness recomputed from the stored Gram (the functions the analysis used), or empty
+    ``(0, 0)`` tensors when no matrix was saved."""
+    from lightning_stiffness.analytics import cosine_matrix, sign_matrix
+
+    saved = data.get("saved_matrices", "all")
+    if saved not in SAVED_MATRICES:
+        raise MeasurementFormatError(f"{source}: saved_matrices {saved!r} is not one of {SAVED_MATRICES}")
+    if saved == "none":
+        return {name: torch.empty(0, 0) for name in _MATRIX_FIELDS}
+    if saved == "gram":
+        gram = values.get("gram")
+        if not isinstance(gram, Tensor) or gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
+            raise MeasurementFormatError(f"{source}: saved_matrices='gram' but the file holds no (N, N) gram")
+        return {"sign": sign_matrix(gram), "cos": cosine_matrix(gram)}
+    return {}
 
 
 def _required(cls: type, values: dict[str, Any], source: str, where: str) -> dict[str, Any]:
@@ -407,10 +448,15 @@ def write_text_atomic(target: str | Path, text: str) -> None:
     atomic_write(target, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def save_measurement(m: Measurement, directory: str | Path) -> Path | str:
+def save_measurement(m: Measurement, directory: str | Path, *, matrices: str = "gram") -> Path | str:
     """Write ``m`` under ``directory`` (created if needed), atomically; returns the file path
-    (the file's URL for a URL ``directory``, e.g. ``s3://bucket/run/stiffness``)."""
-    data = m.to_dict()
+    (the file's URL for a URL ``directory``, e.g. ``s3://bucket/run/stiffness``).
+
+    ``matrices`` (:data:`SAVED_MATRICES`) says which ``(N, N)`` matrices to keep: ``"gram"``
+    (default: a third of ``"all"``, and loading recomputes sign and cosine stiffness from it),
+    ``"all"`` or ``"none"`` (statistics, curves and class matrices only: a few tens of kB). At
+    float32 one ``(N, N)`` matrix is ``4 N²`` bytes: 1 MB at N = 500, 4 MB at N = 1000."""
+    data = m.to_dict(matrices)
     if is_url(directory):
         from fsspec.core import url_to_fs
 

@@ -161,8 +161,11 @@ def test_newer_minor_version_sets_unknown_fields_aside_with_one_warning(run_copy
 
 
 def test_newer_major_version_is_refused(run_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _resave(_files(run_copy)[1], lambda d: d.update(format_version=f"{FORMAT_VERSION[0] + 1}.0", writer="x 9.0"))
-    with pytest.raises(NewerFormatError, match=r"format 2\.0 by x 9\.0.*reads formats up to 1\.x.*pip install -U"):
+    newer, current = FORMAT_VERSION[0] + 1, FORMAT_VERSION[0]
+    _resave(_files(run_copy)[1], lambda d: d.update(format_version=f"{newer}.0", writer="x 9.0"))
+    with pytest.raises(
+        NewerFormatError, match=rf"format {newer}\.0 by x 9\.0.*reads formats up to {current}\.x.*pip install -U"
+    ):
         load_measurements(run_copy)
     with pytest.raises(NewerFormatError):
         load_run(run_copy)
@@ -269,3 +272,64 @@ def test_custom_scalars_keep_bounds_off_the_xi_chart() -> None:
     bound_tag = "stiffness/critical_length_lower_bound/input/sign/zero_crossing"
     assert re.match(xi_pattern, "stiffness/critical_length/input/sign/zero_crossing")
     assert not re.match(xi_pattern, bound_tag) and re.match(bound_pattern, bound_tag)
+
+
+# -- saved matrices (format 2.0) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("matrices", ["all", "gram", "none"])
+def test_saved_matrices_round_trip_and_sizes(tmp_path: Path, matrices: str) -> None:
+    old = load_measurements(FIXTURE)[-1]
+    path = save_measurement(old, tmp_path, matrices=matrices)
+    data = _raw(path)
+    assert data["saved_matrices"] == matrices
+    assert {"gram", "sign", "cos"} & set(data) == {"all": {"gram", "sign", "cos"}, "gram": {"gram"}, "none": set()}[
+        matrices
+    ]
+    new = load_measurement(path)
+    assert new.summaries == old.summaries and new.curves.keys() == old.curves.keys()
+    assert torch.equal(new.class_sign.nan_to_num(7), old.class_sign.nan_to_num(7))
+    if matrices == "none":
+        assert not new.has_matrices and new.gram.shape == new.sign.shape == new.cos.shape == (0, 0)
+        with pytest.raises(ValueError, match="matrices='none'"):
+            save_measurement(new, tmp_path / "again", matrices="gram")
+    else:  # sign and cosine recomputed from the Gram equal the analysed ones exactly
+        assert new.has_matrices
+        for name in ("gram", "sign", "cos"):
+            assert torch.equal(getattr(new, name), getattr(old, name)), name
+
+
+def test_default_keeps_the_gram_alone(tmp_path: Path) -> None:
+    old = load_measurements(FIXTURE)[-1]
+    n = old.num_examples
+    sizes = {m: save_measurement(old, tmp_path / m, matrices=m).stat().st_size for m in ("all", "gram", "none")}
+    assert save_measurement(old, tmp_path / "default").stat().st_size == sizes["gram"]
+    matrix = old.gram.element_size() * n * n
+    assert sizes["all"] - sizes["gram"] >= 2 * matrix * 0.95  # sign and cos left out
+    assert sizes["gram"] - sizes["none"] >= matrix * 0.95
+
+
+def test_format_1_0_files_still_load(run_copy: Path) -> None:
+    def as_1_0(data: dict[str, Any]) -> None:
+        _as_current(data)
+        data["format_version"] = "1.0"
+        del data["saved_matrices"]
+
+    first = _files(run_copy)[0]
+    expected = load_measurement(first)
+    _resave(first, as_1_0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_measurement(first)
+    assert torch.equal(loaded.sign, expected.sign) and loaded.summaries == expected.summaries and loaded.has_matrices
+
+
+def test_unknown_saved_matrices_is_a_damaged_file(run_copy: Path) -> None:
+    def unknown(data: dict[str, Any]) -> None:
+        _as_current(data)
+        data["saved_matrices"] = "half"
+
+    first = _files(run_copy)[0]
+    _resave(first, unknown)
+    with pytest.raises(MeasurementFormatError, match="saved_matrices 'half'"):
+        load_measurement(first)

@@ -27,6 +27,7 @@ from lightning_stiffness.analytics.stiffness import (
     pair_mask,
     sign_matrix,
     split_block_summaries,
+    stiffness_statistics,
     summarize,
     zero_gradient_mask,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "reorder_by_superclass",
     "sign_matrix",
     "split_block_summaries",
+    "stiffness_statistics",
     "summarize",
     "superclass_stats",
     "zero_crossing_length",

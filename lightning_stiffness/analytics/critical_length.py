@@ -17,7 +17,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -123,6 +124,37 @@ class CriticalLength:
         return self.value if self.status == MEASURED else self.lower_bound
 
 
+@dataclass(frozen=True)
+class PairSample:
+    """The pairs ``i < j`` of ``n`` examples that a curve or a critical length runs over, in
+    row-major order, with their stiffness and distance (both finite).
+
+    ``cache`` keeps the bootstrap's pair weights (they depend on ``n``, ``rows``, ``cols``, the
+    number of resamples and the seed, not on the stiffness): :func:`dataclasses.replace` with new
+    ``values`` shares it, so both estimators and both kinds of stiffness build them once.
+    """
+
+    n: int
+    rows: Tensor
+    cols: Tensor
+    values: Tensor
+    dists: Tensor
+    cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_matrices(cls, stiffness: Tensor, distances: Tensor, mask: Tensor) -> PairSample:
+        """The pairs ``i < j`` selected by ``mask`` whose stiffness and distance are finite."""
+        rows, cols = _pair_indices(stiffness, distances, mask)
+        stiffness = as_float(stiffness)
+        return cls(
+            stiffness.shape[0], rows, cols, stiffness[rows, cols], as_float(distances).to(stiffness.device)[rows, cols]
+        )
+
+    def take(self, index: Tensor) -> PairSample:
+        """The pairs at positions ``index`` (a long vector; order as given)."""
+        return PairSample(self.n, self.rows[index], self.cols[index], self.values[index], self.dists[index])
+
+
 def binned_curve(
     stiffness: Tensor,
     distances: Tensor,
@@ -145,37 +177,118 @@ def binned_curve(
         value_range: ``(low, high)`` of the bins; default ``(0, max distance of the selected pairs)``
             (``(0, 1)`` when there is none or it is 0). Pairs outside the range are dropped.
     """
-    if bins < 1:
-        raise ValueError(f"bins must be at least 1, got {bins}")
-    values, dists = _selected_pairs(stiffness, distances, mask)
-    if value_range is None:
-        high = float(dists.max()) if dists.numel() else 0.0
-        low, high = 0.0, high if high > 0 else 1.0
-    else:
-        low, high = float(value_range[0]), float(value_range[1])
-        if not high > low:
-            raise ValueError(f"value_range must satisfy low < high, got {value_range}")
-    edges = torch.linspace(low, high, bins + 1, dtype=dists.dtype, device=dists.device)
-    inside = (dists >= low) & (dists <= high)
-    values, dists = values[inside], dists[inside]
-    index = torch.bucketize(dists, edges[1:-1], right=True)
+    return curve_of_pairs(PairSample.from_matrices(stiffness, distances, mask), bins=bins, value_range=value_range)
 
-    out_dtype = torch.promote_types(values.dtype, dists.dtype)
-    dtype = accumulation_dtype(values.device)
-    values = values.to(dtype)
-    count = torch.zeros(bins, dtype=torch.long, device=values.device).index_add_(0, index, torch.ones_like(index))
-    count_f = count.to(dtype)
-    sums = torch.zeros(bins, dtype=dtype, device=values.device).index_add_(0, index, values)
-    mean = torch.where(count > 0, sums / count_f.clamp_min(1), math.nan)
-    squares = torch.zeros_like(sums).index_add_(0, index, (values - mean[index]) ** 2)
-    sem = torch.where(count > 1, (squares / (count_f - 1).clamp_min(1) / count_f.clamp_min(1)).sqrt(), math.nan)
-    return BinnedCurve(
-        edges=edges,
-        centers=(edges[:-1] + edges[1:]) / 2,
-        mean=mean.to(out_dtype),
-        sem=sem.to(out_dtype),
-        count=count,
-    )
+
+def curve_of_pairs(pairs: PairSample, *, bins: int = 30, value_range: tuple[float, float] | None = None) -> BinnedCurve:
+    """:func:`binned_curve` of pairs already selected (arguments as there)."""
+    binning = DistanceBins.of(pairs.dists, bins=bins, value_range=value_range)
+    return binning.curve(pairs.values)
+
+
+@dataclass(frozen=True)
+class DistanceBins:
+    """Equal-width distance bins with the bin of every pair computed once, so that several
+    curves over subsets of the same pairs (kinds of stiffness, within/between/all) share it.
+
+    Attributes:
+        edges: ``(bins + 1,)`` edges; bin ``k`` is ``[edges[k], edges[k+1])``, the last one closed.
+        index: ``(P,)`` bin of each pair (meaningful where ``inside``).
+        inside: ``(P,)`` pairs whose distance lies in ``[edges[0], edges[-1]]``.
+        groups: ``(P,)`` bin of a same-class pair, ``bins +`` bin of a different-class pair (None
+            unless ``same`` was given to :meth:`of`); for :meth:`curves_by_class`.
+    """
+
+    edges: Tensor
+    index: Tensor
+    inside: Tensor
+    groups: Tensor | None = None
+
+    @classmethod
+    def of(
+        cls,
+        dists: Tensor,
+        *,
+        bins: int = 30,
+        value_range: tuple[float, float] | None = None,
+        same: Tensor | None = None,
+    ) -> DistanceBins:
+        """Bins of ``value_range`` (default ``(0, max dists)``, ``(0, 1)`` when that is 0 or there
+        are none); ``same`` flags the same-class pairs for :meth:`curves_by_class`."""
+        if bins < 1:
+            raise ValueError(f"bins must be at least 1, got {bins}")
+        if value_range is None:
+            high = float(dists.max()) if dists.numel() else 0.0
+            low, high = 0.0, high if high > 0 else 1.0
+        else:
+            low, high = float(value_range[0]), float(value_range[1])
+            if not high > low:
+                raise ValueError(f"value_range must satisfy low < high, got {value_range}")
+        edges = torch.linspace(low, high, bins + 1, dtype=dists.dtype, device=dists.device)
+        inside = (dists >= low) & (dists <= high)
+        index = torch.bucketize(dists, edges[1:-1], right=True)
+        groups = None if same is None else index + bins * ~same
+        return cls(edges, index, inside, groups)
+
+    def curve(self, values: Tensor, keep: Tensor | None = None) -> BinnedCurve:
+        """Mean ± standard error per bin of ``values`` ``(P,)`` over the pairs flagged by ``keep``
+        (default: all) that lie inside the bins."""
+        count, sums, squares = self._moments(values, keep, self.index, self.edges.shape[0] - 1)
+        return self._curve(count, sums, squares, values.dtype)
+
+    def curves_by_class(self, values: Tensor, keep: Tensor | None = None) -> dict[str, BinnedCurve]:
+        """``{"within": …, "between": …, "all": …}`` curves in one pass over the pairs (``same``
+        given to :meth:`of`). The ``all`` curve combines the two groups exactly: counts and sums
+        add, and the squared deviations add with Chan's term ``n_g (m_g − m)²`` per group."""
+        if self.groups is None:
+            raise ValueError("curves_by_class needs DistanceBins.of(..., same=...)")
+        bins = self.edges.shape[0] - 1
+        count, sums, squares = self._moments(values, keep, self.groups, 2 * bins)
+        within, between = slice(0, bins), slice(bins, 2 * bins)
+        total_count = count[within] + count[between]
+        total_sums = sums[within] + sums[between]
+        mean = total_sums / total_count.clamp_min(1)
+        total_squares = squares[within] + squares[between]
+        for group in (within, between):
+            group_mean = sums[group] / count[group].clamp_min(1)
+            total_squares = total_squares + count[group] * (group_mean - mean) ** 2
+        dtype = values.dtype
+        return {
+            "within": self._curve(count[within], sums[within], squares[within], dtype),
+            "between": self._curve(count[between], sums[between], squares[between], dtype),
+            "all": self._curve(total_count, total_sums, total_squares, dtype),
+        }
+
+    def _moments(
+        self, values: Tensor, keep: Tensor | None, index: Tensor, groups: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per group of ``index``: the count, the sum and the sum of squared deviations from the
+        group mean (two passes, float64) of the pairs inside the bins flagged by ``keep``."""
+        selected = self.inside if keep is None else self.inside & keep
+        if not bool(selected.all()):
+            rows = selected.nonzero().squeeze(1)
+            index, values = index[rows], values[rows]
+        dtype = accumulation_dtype(values.device)
+        values = values.to(dtype)
+        count_f = torch.bincount(index, minlength=groups).to(dtype)
+        sums = torch.bincount(index, weights=values, minlength=groups).to(dtype)
+        mean = torch.where(count_f > 0, sums / count_f.clamp_min(1), math.nan)
+        squares = torch.bincount(index, weights=(values - mean[index]) ** 2, minlength=groups).to(dtype)
+        return count_f, sums, squares
+
+    def _curve(self, count_f: Tensor, sums: Tensor, squares: Tensor, values_dtype: torch.dtype) -> BinnedCurve:
+        out_dtype = torch.promote_types(values_dtype, self.edges.dtype)
+        count = count_f.round().long()
+        mean = torch.where(count > 0, sums / count_f.clamp_min(1), math.nan)
+        sem = torch.where(count > 1, (squares / (count_f - 1).clamp_min(1) / count_f.clamp_min(1)).sqrt(), math.nan)
+        edges = self.edges
+        return BinnedCurve(
+            edges=edges,
+            centers=(edges[:-1] + edges[1:]) / 2,
+            mean=mean.to(out_dtype),
+            sem=sem.to(out_dtype),
+            count=count,
+        )
 
 
 def zero_crossing_length(curve: BinnedCurve) -> CriticalLength:
@@ -216,7 +329,12 @@ def linear_fit_length(
         max_distance: fit only pairs with ``d ≤ max_distance``; the window is ``(0, max_distance)``,
             by default ``(0, max d)``.
     """
-    values, dists = _selected_pairs(stiffness, distances, mask)
+    return _linear_fit_of_pairs(PairSample.from_matrices(stiffness, distances, mask), max_distance)
+
+
+def _linear_fit_of_pairs(pairs: PairSample, max_distance: float | None) -> CriticalLength:
+    """:func:`linear_fit_length` of pairs already selected."""
+    values, dists = pairs.values, pairs.dists
     if max_distance is not None:
         keep = dists <= max_distance
         values, dists = values[keep], dists[keep]
@@ -281,22 +399,47 @@ def critical_length(
             f"stiffness {tuple(stiffness.shape)}, distances {tuple(distances.shape)} and labels "
             f"{tuple(labels.shape)} must describe the same N examples"
         )
+    sample = PairSample.from_matrices(stiffness, distances, mask)
+    return critical_length_of_pairs(
+        sample,
+        method=method,
+        bins=bins,
+        max_distance=max_distance,
+        bootstrap=bootstrap,
+        seed=seed,
+        confidence=confidence,
+    )
+
+
+def critical_length_of_pairs(
+    pairs: PairSample,
+    *,
+    method: str = "zero_crossing",
+    bins: int = 30,
+    max_distance: float | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
+    confidence: float = 0.9,
+) -> CriticalLength:
+    """:func:`critical_length` of pairs already selected (arguments as there; the bootstrap
+    resamples the ``pairs.n`` examples)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     if method == "linear_fit":
-        estimate = linear_fit_length(stiffness, distances, mask, max_distance=max_distance)
+        estimate = _linear_fit_of_pairs(pairs, max_distance)
     else:
         value_range = (0.0, float(max_distance)) if max_distance is not None else None
-        estimate = zero_crossing_length(binned_curve(stiffness, distances, mask, bins=bins, value_range=value_range))
+        estimate = zero_crossing_length(curve_of_pairs(pairs, bins=bins, value_range=value_range))
     if bootstrap == 0 or estimate.window is None:
         return estimate
-    multiplicity = _resample_counts(stiffness.shape[0], bootstrap, seed).to(
-        device=stiffness.device, dtype=accumulation_dtype(stiffness.device)
-    )
-    rows, cols = _pair_indices(stiffness, distances, mask)
-    values, dists = stiffness[rows, cols], distances[rows, cols]
     if method == "linear_fit":
-        samples = _bootstrap_linear_fit(multiplicity, rows, cols, values, dists, max_distance)
+        samples = _bootstrap_linear_fit(pairs, bootstrap, seed, max_distance)
     else:
-        samples = _bootstrap_zero_crossing(multiplicity, rows, cols, values, dists, bins, estimate.window)
+        samples = _bootstrap_zero_crossing(pairs, bootstrap, seed, bins, estimate.window)
     known = samples[~torch.isnan(samples)]
     if known.numel() == 0 or estimate.status != MEASURED:
         return estimate
@@ -325,30 +468,96 @@ def _resample_counts(n: int, bootstrap: int, seed: int) -> Tensor:
     return torch.zeros(bootstrap, n).scatter_add_(1, draws, torch.ones(bootstrap, n))
 
 
-def _pair_chunks(multiplicity: Tensor, rows: Tensor, cols: Tensor) -> Iterator[Tensor]:
-    """Pair weights ``count(a) · count(b)`` of the resamples, ``(chunk, P)`` at a time."""
+def _pair_chunks(pairs: PairSample, bootstrap: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Pair weights ``count(a) · count(b)`` of the resamples, as ``(P, chunk)`` blocks (pairs
+    along the rows: one contiguous gather per endpoint), with the ``(N, chunk)`` counts.
+    Kept in ``pairs.cache`` when they fit in one block."""
+    key = ("weights", bootstrap, seed)
+    if key in pairs.cache:
+        yield from pairs.cache[key]
+        return
+    device = pairs.values.device
+    multiplicity = _resample_counts(pairs.n, bootstrap, seed).to(device=device, dtype=accumulation_dtype(device))
+    rows, cols = pairs.rows, pairs.cols
     chunk = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[0]))
-    for start in range(0, multiplicity.shape[0], chunk):
-        counts = multiplicity[start : start + chunk]
-        yield counts[:, rows] * counts[:, cols]
+    for start in range(0, bootstrap, chunk):
+        counts = multiplicity[start : start + chunk].T.contiguous()
+        block = (counts[rows].mul_(counts[cols]), counts)
+        if chunk >= bootstrap:
+            pairs.cache[key] = [block]
+        yield block
 
 
-def _bootstrap_linear_fit(
-    multiplicity: Tensor, rows: Tensor, cols: Tensor, values: Tensor, dists: Tensor, max_distance: float | None
-) -> Tensor:
-    if max_distance is not None:
-        keep = dists <= max_distance
+def _bootstrap_linear_fit(pairs: PairSample, bootstrap: int, seed: int, max_distance: float | None) -> Tensor:
+    """ξ of the weighted line of every resample (see :func:`_moment_lines` and :func:`_used_range`)."""
+    rows, cols, values, dists = pairs.rows, pairs.cols, pairs.values, pairs.dists
+    keep = None
+    if max_distance is not None and not bool((dists <= max_distance).all()):
+        keep = (dists <= max_distance).nonzero().squeeze(1)
         rows, cols, values, dists = rows[keep], cols[keep], values[keep], dists[keep]
     samples = []
-    for weights in _pair_chunks(multiplicity, rows, cols):
-        slopes, intercepts = _weighted_lines(weights, dists, values)
-        used = weights > 0
-        d = dists.to(weights.dtype)[None, :]
-        d_min = torch.where(used, d, math.inf).amin(dim=1).tolist()
-        d_max = torch.where(used, d, -math.inf).amax(dim=1).tolist()
-        for b, a, low, high in zip(slopes.tolist(), intercepts.tolist(), d_min, d_max):
+    for number, (weights, counts) in enumerate(_pair_chunks(pairs, bootstrap, seed)):
+        key = ("range", bootstrap, seed, max_distance, number)  # the same for every kind of stiffness
+        if key not in pairs.cache:
+            pairs.cache[key] = _used_range(counts > 0, rows, cols, dists, torch.argsort(dists, stable=True))
+        d_min, d_max = pairs.cache[key]
+        slopes, intercepts = _moment_lines(weights if keep is None else weights[keep], dists, values, d_min < d_max)
+        for b, a, low, high in zip(slopes.tolist(), intercepts.tolist(), d_min.tolist(), d_max.tolist()):
             samples.append(_sample_value(*_line_zero(b, a, low, high)[:3]))
     return torch.tensor(samples, dtype=torch.float64)
+
+
+def _moment_lines(weights: Tensor, dists: Tensor, values: Tensor, spread_out: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted least-squares ``S = a + b·d`` for every column of ``weights`` ``(P, B)``, from
+    five weighted sums (one matrix product) instead of a centred pass per resample.
+
+    With ``d' = d − d₀`` and ``s' = s − s₀`` shifted by the unweighted means (translation does not
+    change the slope, and keeps the moments free of cancellation), ``W = Σw``,
+    ``b = (Σw d's' − Σw d' · Σw s' / W) / (Σw d'² − (Σw d')² / W)`` and
+    ``a = s₀ + Σw s'/W − b (d₀ + Σw d'/W)``. NaN where fewer than two pairs carry weight, or where
+    ``spread_out`` (the resample's used distances are not all equal) is False."""
+    dtype = weights.dtype
+    dists, values = dists.to(dtype), values.to(dtype)
+    d0 = dists.mean() if dists.numel() else dists.new_zeros(())
+    s0 = values.mean() if values.numel() else values.new_zeros(())
+    d, s = dists - d0, values - s0
+    moments = torch.stack([torch.ones_like(d), d, s, d * d, d * s]) @ weights  # (5, B)
+    total, sum_d, sum_s, sum_dd, sum_ds = moments
+    safe_total = total.clamp_min(1)
+    spread = sum_dd - sum_d * sum_d / safe_total
+    covariance = sum_ds - sum_d * sum_s / safe_total
+    defined = (total >= 2) & (spread > 0) & spread_out
+    slopes = torch.where(defined, covariance / torch.where(defined, spread, 1.0), math.nan)
+    intercepts = torch.where(defined, s0 + sum_s / safe_total - slopes * (d0 + sum_d / safe_total), math.nan)
+    return slopes, intercepts
+
+
+def _used_range(drawn: Tensor, rows: Tensor, cols: Tensor, dists: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+    """Smallest and largest distance of the pairs with both examples drawn, per resample
+    (``drawn``: bool ``(N, B)``); ``(+inf, −inf)`` for a resample with no such pair.
+
+    Walks the pairs from the nearest (resp. farthest) in growing chunks and stops when every
+    resample has found one: a pair is drawn with probability ≈ (1 − 1/e)², so a few pairs do."""
+    dtype = torch.float64
+    d_min = _first_used(drawn, rows, cols, dists, order, math.inf).to(dtype)
+    d_max = _first_used(drawn, rows, cols, dists, order.flip(0), -math.inf).to(dtype)
+    return d_min, d_max
+
+
+def _first_used(drawn: Tensor, rows: Tensor, cols: Tensor, dists: Tensor, order: Tensor, missing: float) -> Tensor:
+    """``dists`` of the first pair in ``order`` whose two examples are drawn, per column of ``drawn``."""
+    found = torch.full((drawn.shape[1],), missing, dtype=dists.dtype, device=dists.device)
+    pending = torch.ones(drawn.shape[1], dtype=torch.bool, device=drawn.device)
+    start, chunk = 0, 64
+    while start < order.shape[0] and bool(pending.any()):
+        index = order[start : start + chunk]
+        used = drawn[rows[index]] & drawn[cols[index]]  # (chunk, B)
+        hit = used.any(dim=0) & pending
+        first = used.to(torch.uint8).argmax(dim=0)  # the first True of each column
+        found = torch.where(hit, dists[index][first], found)
+        pending &= ~hit
+        start, chunk = start + chunk, chunk * 4
+    return found
 
 
 def _sample_value(value: float, status: str, bound: float) -> float:
@@ -360,27 +569,30 @@ def _sample_value(value: float, status: str, bound: float) -> float:
 
 
 def _bootstrap_zero_crossing(
-    multiplicity: Tensor,
-    rows: Tensor,
-    cols: Tensor,
-    values: Tensor,
-    dists: Tensor,
-    bins: int,
-    value_range: tuple[float, float],
+    pairs: PairSample, bootstrap: int, seed: int, bins: int, value_range: tuple[float, float]
 ) -> Tensor:
+    """ξ of the binned mean curve of every resample, on the bins of ``value_range``."""
+    values, dists = pairs.values, pairs.dists
     low, high = value_range
     edges = torch.linspace(low, high, bins + 1, dtype=dists.dtype, device=dists.device)
     inside = (dists >= low) & (dists <= high)
-    rows, cols, values, dists = rows[inside], cols[inside], values[inside], dists[inside]
+    keep = None if bool(inside.all()) else inside.nonzero().squeeze(1)
+    if keep is not None:
+        values, dists = values[keep], dists[keep]
     index = torch.bucketize(dists, edges[1:-1], right=True)
     centers = ((edges[:-1] + edges[1:]) / 2).tolist()
     samples = []
-    for weights in _pair_chunks(multiplicity, rows, cols):
-        totals = torch.zeros(weights.shape[0], bins, dtype=weights.dtype, device=weights.device)
-        counts = totals.index_add(1, index, weights)
-        sums = totals.index_add(1, index, weights * values.to(weights.dtype))
-        means = (sums / counts.clamp_min(1)).tolist()
-        for row_means, row_nonempty in zip(means, (counts > 0).tolist()):
+    for number, (weights, _) in enumerate(_pair_chunks(pairs, bootstrap, seed)):
+        if keep is not None:
+            weights = weights[keep]
+        totals = torch.zeros(bins, weights.shape[1], dtype=weights.dtype, device=weights.device)
+        key = ("bin counts", bootstrap, seed, bins, value_range, number)  # the same for every kind of stiffness
+        if key not in pairs.cache:
+            pairs.cache[key] = totals.index_add(0, index, weights)
+        counts = pairs.cache[key]
+        sums = totals.index_add(0, index, weights * values.to(weights.dtype)[:, None])
+        means = (sums / counts.clamp_min(1)).T.tolist()
+        for row_means, row_nonempty in zip(means, (counts > 0).T.tolist()):
             samples.append(_sample_value(*_first_zero_crossing(centers, row_means, row_nonempty)))
     return torch.tensor(samples, dtype=torch.float64)
 
@@ -451,10 +663,3 @@ def _pair_indices(stiffness: Tensor, distances: Tensor, mask: Tensor) -> tuple[T
     selected = mask & upper & torch.isfinite(stiffness) & torch.isfinite(distances)
     rows, cols = selected.nonzero(as_tuple=True)
     return rows, cols
-
-
-def _selected_pairs(stiffness: Tensor, distances: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Stiffness and distance of the pairs ``i < j`` selected by ``mask`` with both finite."""
-    rows, cols = _pair_indices(stiffness, distances, mask)
-    stiffness = as_float(stiffness)
-    return stiffness[rows, cols], as_float(distances).to(stiffness.device)[rows, cols]

@@ -172,7 +172,8 @@ def class_stiffness_matrix(
     """
     stiffness = as_float(square_matrix(stiffness, "stiffness"))
     labels, num_classes = _class_labels(labels, stiffness, num_classes)
-    return _class_means(stiffness, labels, num_classes, _distinct_pairs(stiffness, include_self))
+    sums, counts = _group_pair_sums(stiffness, labels, num_classes, include_self)
+    return _means(sums, counts, stiffness.dtype)
 
 
 def summarize(
@@ -188,7 +189,7 @@ def summarize(
     """
     stiffness = as_float(square_matrix(stiffness, "stiffness"))
     labels, num_classes = _class_labels(labels, stiffness, num_classes)
-    return _summary(stiffness, labels, num_classes, _distinct_pairs(stiffness, include_self))
+    return _summary(*_group_pair_sums(stiffness, labels, num_classes, include_self), stiffness.dtype)
 
 
 def split_block_summaries(
@@ -213,6 +214,36 @@ def split_block_summaries(
         example in ``a`` and the other in ``b``, keyed ``"<name a>-<name b>"`` in ``split_names``
         order (e.g. ``"train-train"``, ``"train-val"``, ``"val-val"``).
     """
+    return stiffness_statistics(
+        stiffness, labels, splits, split_names, num_classes, include_self=include_self, blocks_only=True
+    )[1]
+
+
+def stiffness_statistics(
+    stiffness: Tensor,
+    labels: Tensor,
+    splits: Tensor,
+    split_names: Sequence[str],
+    num_classes: int | None = None,
+    *,
+    include_self: bool = False,
+    blocks_only: bool = False,
+) -> tuple[Tensor, dict[str, StiffnessSummary]]:
+    """:func:`class_stiffness_matrix`, :func:`summarize` (key ``"all"``) and, with more than one
+    split name, :func:`split_block_summaries`, from one pass over the ``(N, N)`` matrix.
+
+    Every statistic is a ratio of sums over pairs grouped by ``(split_i, class_i, split_j,
+    class_j)``: with ``H`` the ``(N, S·C)`` one-hot of the group ``split · C + class``, the sums
+    ``Hᵀ (S ⊙ W) H`` and pair counts ``Hᵀ W H`` (``W``: finite entries, the diagonal removed
+    unless ``include_self``) hold all of them; the class matrix sums over both split axes, the
+    split block ``(a, b)`` takes ``[a, :, b, :] + [b, :, a, :]`` (``a ≠ b``) or ``[a, :, a, :]``.
+
+    Args:
+        blocks_only: compute only the split blocks (the class matrix returned is then empty).
+
+    Returns:
+        ``(class matrix (C, C), {"all": summary, "<a>-<b>": summary, …})``.
+    """
     stiffness = as_float(square_matrix(stiffness, "stiffness"))
     labels, num_classes = _class_labels(labels, stiffness, num_classes)
     splits = _as_vector(splits, "splits").to(stiffness.device)
@@ -223,47 +254,69 @@ def split_block_summaries(
     present = sorted({int(s) for s in torch.unique(splits).tolist()})
     if present and (present[0] < 0 or present[-1] >= len(split_names)):
         raise ValueError(f"splits must index split_names {list(split_names)}; found split indices {present}")
-    self_pairs = torch.eye(stiffness.shape[0], dtype=torch.bool, device=stiffness.device)
+    num_splits = len(split_names)
+    groups = splits.long() * num_classes + labels
+    sums, counts = _group_pair_sums(stiffness, groups, num_splits * num_classes, include_self)
+    shape = (num_splits, num_classes, num_splits, num_classes)
+    sums, counts = sums.reshape(shape), counts.reshape(shape)
     summaries: dict[str, StiffnessSummary] = {}
-    for position, a in enumerate(present):
-        for b in present[position:]:
-            in_a, in_b = splits == a, splits == b
-            pairs = (in_a[:, None] & in_b[None, :]) | (in_b[:, None] & in_a[None, :])
-            if a == b and not include_self:
-                pairs = pairs & ~self_pairs
-            summaries[f"{split_names[a]}-{split_names[b]}"] = _summary(stiffness, labels, num_classes, pairs)
-    return summaries
+    class_matrix = stiffness.new_empty(0, 0)
+    if not blocks_only:
+        class_sums, class_counts = sums.sum(dim=(0, 2)), counts.sum(dim=(0, 2))
+        class_matrix = _means(class_sums, class_counts, stiffness.dtype)
+        summaries["all"] = _summary(class_sums, class_counts, stiffness.dtype)
+    if blocks_only or num_splits > 1:
+        for position, a in enumerate(present):
+            for b in present[position:]:
+                block_sums, block_counts = sums[a, :, b, :], counts[a, :, b, :]
+                if a != b:
+                    block_sums, block_counts = block_sums + sums[b, :, a, :], block_counts + counts[b, :, a, :]
+                key = f"{split_names[a]}-{split_names[b]}"
+                summaries[key] = _summary(block_sums, block_counts, stiffness.dtype)
+    return class_matrix, summaries
 
 
-def _summary(stiffness: Tensor, labels: Tensor, num_classes: int, pairs: Tensor) -> StiffnessSummary:
-    matrix = _class_means(stiffness, labels, num_classes, pairs)
-    off_diagonal = ~torch.eye(num_classes, dtype=torch.bool, device=matrix.device)
+def _group_pair_sums(stiffness: Tensor, groups: Tensor, num_groups: int, include_self: bool) -> tuple[Tensor, Tensor]:
+    """``(sums, counts)``, each ``(G, G)``: the sum of the finite ``stiffness[i, j]`` and their
+    number over pairs with ``groups[i] = a`` and ``groups[j] = b`` (``i ≠ j`` unless
+    ``include_self``), as ``Hᵀ (S ⊙ W) H`` and ``Hᵀ W H`` with one-hot ``H`` (float64 sums)."""
+    dtype = accumulation_dtype(stiffness.device)
+    finite = torch.isfinite(stiffness)
+    onehot = F.one_hot(groups, num_groups).to(dtype)
+    if bool(finite.all()):  # the usual case: counts are products of group sizes, no second product
+        values = stiffness.to(dtype, copy=True)
+        sizes = onehot.sum(dim=0)
+        counts = sizes[:, None] * sizes[None, :]
+        if not include_self:
+            counts = counts - torch.diag(sizes)
+    else:
+        values = torch.where(finite, stiffness, torch.zeros_like(stiffness)).to(dtype)
+        weights = finite.to(dtype)
+        if not include_self:
+            weights.fill_diagonal_(0)
+        counts = onehot.T @ (weights @ onehot)
+    if not include_self:
+        values.fill_diagonal_(0)
+    return onehot.T @ (values @ onehot), counts
+
+
+def _means(sums: Tensor, counts: Tensor, dtype: torch.dtype) -> Tensor:
+    """``sums / counts`` where ``counts > 0``, NaN elsewhere, as ``dtype``."""
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, math.nan)).to(dtype)
+
+
+def _summary(sums: Tensor, counts: Tensor, dtype: torch.dtype) -> StiffnessSummary:
+    """Within (mean of the class matrix's diagonal), between (of its off-diagonal, Eq. 7) and
+    all (pair mean) from per-class-pair sums and counts; the class matrix is rounded to
+    ``dtype`` first, as :func:`class_stiffness_matrix` returns it."""
+    matrix = _means(sums, counts, dtype)
+    off_diagonal = ~torch.eye(matrix.shape[0], dtype=torch.bool, device=matrix.device)
+    total = int(counts.sum())
     return StiffnessSummary(
         within=_nanmean(torch.diagonal(matrix)),
         between=_nanmean(matrix[off_diagonal]),
-        all=_masked_mean(stiffness, pairs),
+        all=float(sums.sum()) / total if total > 0 else math.nan,
     )
-
-
-def _class_means(stiffness: Tensor, labels: Tensor, num_classes: int, pairs: Tensor) -> Tensor:
-    """``C[a, b]`` = mean of ``stiffness[i, j]`` over the finite entries of ``pairs`` with
-    ``labels[i] = a`` and ``labels[j] = b``, as ``Hᵀ (S ⊙ W) H / Hᵀ W H`` with one-hot ``H``."""
-    dtype = accumulation_dtype(stiffness.device)
-    valid = pairs & torch.isfinite(stiffness)
-    onehot = F.one_hot(labels, num_classes).to(dtype)
-    values = torch.where(valid, stiffness, torch.zeros_like(stiffness)).to(dtype)
-    sums = onehot.T @ (values @ onehot)
-    counts = onehot.T @ (valid.to(dtype) @ onehot)
-    means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, math.nan))
-    return means.to(stiffness.dtype)
-
-
-def _masked_mean(stiffness: Tensor, pairs: Tensor) -> float:
-    valid = pairs & torch.isfinite(stiffness)
-    count = int(valid.sum())
-    if count == 0:
-        return math.nan
-    return float(stiffness[valid].to(accumulation_dtype(stiffness.device)).sum()) / count
 
 
 def _nanmean(values: Tensor) -> float:
@@ -271,13 +324,6 @@ def _nanmean(values: Tensor) -> float:
     if finite.numel() == 0:
         return math.nan
     return float(finite.to(accumulation_dtype(values.device)).mean())
-
-
-def _distinct_pairs(stiffness: Tensor, include_self: bool) -> Tensor:
-    n = stiffness.shape[0]
-    if include_self:
-        return torch.ones(n, n, dtype=torch.bool, device=stiffness.device)
-    return ~torch.eye(n, dtype=torch.bool, device=stiffness.device)
 
 
 def _class_labels(labels: Tensor, stiffness: Tensor, num_classes: int | None) -> tuple[Tensor, int]:

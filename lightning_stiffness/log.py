@@ -13,7 +13,7 @@ from lightning_stiffness.analysis import scalar_metrics
 from lightning_stiffness.analytics import reorder_by_superclass
 from lightning_stiffness.figures import distance_figure, have_matplotlib
 from lightning_stiffness.measurement import Measurement, split_key
-from lightning_stiffness.render import heatmap, sort_by_label, with_colorbar
+from lightning_stiffness.viz.raster import heatmap, sort_by_label, with_colorbar
 
 
 def tensorboard_writers(loggers: Sequence[Logger]) -> list[Any]:

@@ -1,0 +1,35 @@
+"""The visualisation package: one colour map everywhere, labelled heatmaps, image logging."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from lightning_stiffness.viz import colorize, matplotlib_colormap, value_rgb
+
+
+def test_old_render_path_is_the_viz_code() -> None:
+    from lightning_stiffness import render, viz
+
+    for name in ("colorize", "heatmap", "sort_by_label", "colorbar", "with_colorbar", "BLUE", "WHITE", "RED"):
+        assert getattr(render, name) is getattr(viz, name), name
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")
+def test_matplotlib_figures_use_the_same_colours_as_the_images() -> None:
+    """The report's colour map gives the RGB that TensorBoard's images give, value for value."""
+    cmap = matplotlib_colormap()
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(vmin=-1, vmax=1)
+    for value in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        rgba = cmap(norm(value))
+        assert tuple(round(c * 255) for c in rgba[:3]) == value_rgb(value), value
+    # between grid points the table is within one entry (2/256 in value) of the exact map
+    values = torch.linspace(-1, 1, 1001)
+    exact = colorize(values.unsqueeze(0))[:, 0, :].T.int()
+    table = torch.tensor([cmap(norm(v))[:3] for v in values.tolist()]).mul(255).round().int()
+    assert (exact - table).abs().max() <= 3
+    assert tuple(round(c * 255) for c in cmap(float("nan"))[:3]) == value_rgb(float("nan"))

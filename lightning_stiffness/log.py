@@ -11,8 +11,9 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from lightning_stiffness.analysis import scalar_metrics
 from lightning_stiffness.analytics import reorder_by_superclass
-from lightning_stiffness.figures import distance_figure, have_matplotlib
 from lightning_stiffness.measurement import Measurement, split_key
+from lightning_stiffness.viz.curves import distance_figure
+from lightning_stiffness.viz.figure import have_matplotlib
 from lightning_stiffness.viz.raster import heatmap, sort_by_label, with_colorbar
 
 

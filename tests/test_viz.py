@@ -15,6 +15,11 @@ def test_old_render_path_is_the_viz_code() -> None:
 
     for name in ("colorize", "heatmap", "sort_by_label", "colorbar", "with_colorbar", "BLUE", "WHITE", "RED"):
         assert getattr(render, name) is getattr(viz, name), name
+    from lightning_stiffness import figures
+    from lightning_stiffness.viz import curves, figure
+
+    assert figures.distance_figure is curves.distance_figure and figures.new_figure is figure.new_figure
+    assert figures.have_matplotlib is figure.have_matplotlib
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")

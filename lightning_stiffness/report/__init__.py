@@ -41,7 +41,7 @@ def write_report(
         threshold: training loss at which ξ is compared across learning rates (default: the
             threshold closest to 0.1 that the runs share, as in v1 Fig. 10).
     """
-    from lightning_stiffness.figures import have_matplotlib
+    from lightning_stiffness.viz.figure import have_matplotlib
 
     if not have_matplotlib():
         raise ImportError("the report draws with matplotlib: pip install 'lightning-stiffness[examples]'")

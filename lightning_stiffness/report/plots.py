@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from lightning_stiffness.analytics import reorder_by_superclass
-from lightning_stiffness.figures import distance_figure, new_figure
 from lightning_stiffness.measurement import Measurement, result_key
 from lightning_stiffness.report.runs import Run
+from lightning_stiffness.viz.curves import distance_figure
+from lightning_stiffness.viz.figure import new_figure
 
 KIND_TITLES = {"sign": "E[sign(g₁·g₂)]", "cos": "E[cos(g₁, g₂)]"}
 

@@ -38,3 +38,18 @@ def test_matplotlib_figures_use_the_same_colours_as_the_images() -> None:
     table = torch.tensor([cmap(norm(v))[:3] for v in values.tolist()]).mul(255).round().int()
     assert (exact - table).abs().max() <= 3
     assert tuple(round(c * 255) for c in cmap(float("nan"))[:3]) == value_rgb(float("nan"))
+
+
+def test_claims_take_their_data_from_the_data_layer_not_from_plotting() -> None:
+    """report/claims.py imports no plotting module (its selectors live in report/series.py)."""
+    import ast
+    from pathlib import Path
+
+    import lightning_stiffness.report.claims as claims
+
+    tree = ast.parse(Path(claims.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    plotting = {m for m in imported if m.startswith(("matplotlib", "lightning_stiffness.viz")) or m.endswith("plots")}
+    assert not plotting, plotting
+    assert "lightning_stiffness.report.series" in imported

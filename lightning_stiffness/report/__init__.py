@@ -45,7 +45,7 @@ def write_report(
 
     if not have_matplotlib():
         raise ImportError("the report draws with matplotlib: pip install 'lightning-stiffness[examples]'")
-    from lightning_stiffness.report import plots
+    from lightning_stiffness.report import plots, series
 
     runs = load_runs(list(run_dirs))
     out = Path(out_dir)
@@ -68,7 +68,7 @@ def write_report(
             save(plots.superclass_figure(run), f"{prefix}superclasses.png")
     if len([r for r in runs if r.lr is not None]) >= 2:
         save(plots.lr_between_figure(runs), "between_stiffness_vs_lr.png")
-        shared = plots.loss_thresholds(runs)
+        shared = series.loss_thresholds(runs)
         chosen = (
             threshold
             if threshold is not None

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from lightning_stiffness.analytics import CriticalLength
-from lightning_stiffness.report.plots import at_epoch_end, at_loss_threshold, loss_thresholds, overfitting_onset
 from lightning_stiffness.report.runs import Run
+from lightning_stiffness.report.series import at_epoch_end, at_loss_threshold, loss_thresholds, overfitting_onset
 
 HOLDS, FAILS, UNMEASURABLE = "holds", "does not hold", "not measurable"
 

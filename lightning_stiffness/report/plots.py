@@ -6,26 +6,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from lightning_stiffness.analytics import reorder_by_superclass
-from lightning_stiffness.measurement import Measurement, result_key
+from lightning_stiffness.measurement import result_key
 from lightning_stiffness.report.runs import Run
+from lightning_stiffness.report.series import (
+    at_epoch_end,
+    at_loss_threshold,
+    loss_thresholds,
+    overfitting_onset,
+    pick_steps,
+)
 from lightning_stiffness.viz.curves import distance_figure
 from lightning_stiffness.viz.figure import new_figure
 
 KIND_TITLES = {"sign": "E[sign(g₁·g₂)]", "cos": "E[cos(g₁, g₂)]"}
-
-
-def overfitting_onset(run: Run) -> int | None:
-    """Step of the minimum validation loss when it rises afterwards (v1 Fig. 2's dashed line)."""
-    losses = run.val_losses()
-    if len(losses) < 3:
-        return None
-    best = min(range(len(losses)), key=lambda i: losses[i][1])
-    if best == len(losses) - 1 or losses[-1][1] <= losses[best][1] * 1.05:
-        return None
-    return losses[best][0]
 
 
 def training_figure(run: Run) -> Any:
@@ -71,19 +65,6 @@ def training_figure(run: Run) -> Any:
     bottom.set_ylabel("loss")
     fig.tight_layout()
     return fig
-
-
-def pick_steps(ms: Sequence[Measurement], count: int = 4) -> list[int]:
-    """``count`` measured steps spread log-uniformly from the first to the last."""
-    steps = sorted({m.step for m in ms})
-    if len(steps) <= count:
-        return steps
-    targets = torch.logspace(math.log10(steps[0] + 1), math.log10(steps[-1] + 1), count).tolist()
-    chosen: list[int] = []
-    for t in targets:
-        best = min((s for s in steps if s not in chosen), key=lambda s: abs(math.log(s + 1) - math.log(t)))
-        chosen.append(best)
-    return sorted(chosen)
 
 
 def class_matrix_grid(run: Run, kind: str = "sign", steps: Sequence[int] | None = None) -> Any:
@@ -151,21 +132,6 @@ def superclass_figure(run: Run) -> Any:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def at_loss_threshold(run: Run, threshold: float) -> Measurement | None:
-    """The measurement triggered when the smoothed training loss first reached ``threshold``."""
-    tag = f"loss<={threshold:g}"
-    return next((m for m in run.measurements if tag in m.trigger.split("+")), None)
-
-
-def at_epoch_end(run: Run, epoch: int) -> Measurement | None:
-    return next((m for m in run.measurements if "epoch_end" in m.trigger and m.epoch == epoch), None)
-
-
-def loss_thresholds(runs: Sequence[Run]) -> list[float]:
-    values = {float(t) for r in runs for t in r.info.get("callback", {}).get("loss_thresholds", [])}
-    return sorted(values, reverse=True)
 
 
 def lr_between_figure(runs: Sequence[Run], kind: str = "sign") -> Any:

@@ -53,3 +53,27 @@ def test_claims_take_their_data_from_the_data_layer_not_from_plotting() -> None:
     plotting = {m for m in imported if m.startswith(("matplotlib", "lightning_stiffness.viz")) or m.endswith("plots")}
     assert not plotting, plotting
     assert "lightning_stiffness.report.series" in imported
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")
+def test_report_class_matrix_grid_uses_the_shared_map_and_wording() -> None:
+    from pathlib import Path
+
+    from matplotlib.colors import Normalize
+
+    from lightning_stiffness.report import load_run
+    from lightning_stiffness.viz.class_matrix import class_matrix_grid
+    from lightning_stiffness.viz.labels import XLABEL, YLABEL
+
+    run = load_run(Path(__file__).parent / "fixtures" / "run-0.1.0")
+    fig = class_matrix_grid(run, "sign")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert panels, "no class-matrix panel drawn"
+    for ax in panels:
+        mappable = ax.images[0]
+        assert mappable.get_clim() == (-1.0, 1.0)
+        rgba = mappable.get_cmap()(Normalize(-1, 1)(0.5))
+        assert tuple(round(c * 255) for c in rgba[:3]) == value_rgb(0.5)
+        assert ax.get_xlabel() == XLABEL and ax.get_ylabel() == YLABEL
+    bar = [ax for ax in fig.axes if not ax.images][0]
+    assert [t.get_text().replace("−", "-") for t in bar.get_yticklabels()] == ["-1", "-0.5", "0", "0.5", "1"]

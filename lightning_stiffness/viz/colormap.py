@@ -63,6 +63,4 @@ def matplotlib_colormap() -> Any:
 
     grid = torch.linspace(VMIN, VMAX, LUT_SIZE).unsqueeze(0)
     table = colorize(grid)[:, 0, :].T.float() / 255
-    cmap = ListedColormap(table.tolist(), name="stiffness")
-    cmap.set_bad(NAN_GREY)
-    return cmap
+    return ListedColormap(table.tolist(), name="stiffness").with_extremes(bad=NAN_GREY)

@@ -75,5 +75,5 @@ def test_report_class_matrix_grid_uses_the_shared_map_and_wording() -> None:
         rgba = mappable.get_cmap()(Normalize(-1, 1)(0.5))
         assert tuple(round(c * 255) for c in rgba[:3]) == value_rgb(0.5)
         assert ax.get_xlabel() == XLABEL and ax.get_ylabel() == YLABEL
-    bar = [ax for ax in fig.axes if not ax.images][0]
+    bar = next(ax for ax in fig.axes if not ax.images)
     assert [t.get_text().replace("−", "-") for t in bar.get_yticklabels()] == ["-1", "-0.5", "0", "0.5", "1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +78,218 @@ def test_report_class_matrix_grid_uses_the_shared_map_and_wording() -> None:
         assert ax.get_xlabel() == XLABEL and ax.get_ylabel() == YLABEL
     bar = next(ax for ax in fig.axes if not ax.images)
     assert [t.get_text().replace("−", "-") for t in bar.get_yticklabels()] == ["-1", "-0.5", "0", "0.5", "1"]
+
+
+# ---------------------------------------------------------------- labelled heatmaps
+
+NAMES = ["airplane", "automobile", "bird", "cat"]
+
+
+def _labelled(matrix: torch.Tensor, names: list[str] | None = NAMES, **kw: object):  # type: ignore[no-untyped-def]
+    from lightning_stiffness.viz.labelled import class_ticks, labelled_heatmap
+
+    return labelled_heatmap(
+        matrix,
+        title="sign stiffness E[sign(g_1·g_2)], step 120, train+val",
+        xlabel="class of g_1 (gradient taken on it)",
+        ylabel="class of g_2",
+        ticks=class_ticks(range(matrix.shape[0]), names),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_labelled_heatmap_says_what_it_shows() -> None:
+    """Title, both axis labels, every class name on both axes and the colour-bar numbers are drawn,
+    each where it belongs, in dark pixels; the cells keep the one colour map's RGB."""
+    matrix = torch.tensor([[1.0, -1.0, 0.5, 0.0], [-0.5, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, -1.0]])
+    li = _labelled(matrix)
+    assert li.texts_of("title") == ["sign stiffness E[sign(g_1·g_2)], step 120, train+val"]
+    assert li.texts_of("xlabel") == ["class of g_1 (gradient taken on it)"]
+    assert li.texts_of("ylabel") == ["class of g_2"]
+    assert li.texts_of("xtick") == NAMES and li.texts_of("ytick") == NAMES
+    assert li.texts_of("colorbar") == ["-1", "-0.5", "0", "0.5", "1"]
+    img = li.image
+    assert img.dtype == torch.uint8 and img.shape[0] == 3
+    left, top, right, bottom = li.plot_box
+    for item in li.texts:
+        x0, y0, x1, y1 = item.box
+        assert 0 <= x0 < x1 <= img.shape[2] and 0 <= y0 < y1 <= img.shape[1], item
+        assert not (x0 < right and x1 > left and y0 < bottom and y1 > top), f"{item} covers the matrix"
+        assert img[:, y0:y1, x0:x1].amax(0).min() < 100, f"no dark pixels where {item.text!r} was drawn"
+    by_role = {t.role: t.box for t in li.texts}
+    assert by_role["title"][3] <= top and by_role["xlabel"][1] >= bottom and by_role["ylabel"][2] <= left
+    ytick = {t.text: t.box for t in li.texts if t.role == "ytick"}
+    assert ytick["airplane"][1] < ytick["automobile"][1] < ytick["bird"][1], "row 0 is at the top"
+    bar = {t.text: t.box for t in li.texts if t.role == "colorbar"}
+    assert bar["1"][1] < bar["0"][1] < bar["-1"][1], "1 at the top of the colour bar"
+    cell = (bottom - top) // 4
+    for r in range(4):
+        for c in range(4):
+            y, x = top + r * cell + cell // 2, left + c * cell + cell // 2
+            assert tuple(img[:, y, x].tolist()) == value_rgb(matrix[r, c].item()), (r, c)
+
+
+def test_many_classes_get_a_subset_of_ticks_and_indices_without_names() -> None:
+    from lightning_stiffness.viz.labelled import MAX_TICKS, class_ticks
+
+    li = _labelled(torch.zeros(100, 100), names=None)
+    assert li.texts_of("ytick") == [str(c) for c in range(0, 100, 5)] and len(li.texts_of("ytick")) == MAX_TICKS
+    assert [p for p, _ in class_ticks(range(100))][:2] == [0.5, 5.5], "ticks sit on cell centres"
+    order = [2, 0, 3, 1]
+    assert [t for _, t in class_ticks(order, NAMES)] == ["bird", "airplane", "cat", "automobile"]
+    with pytest.raises(ValueError, match="class names"):
+        class_ticks(range(5), NAMES)
+
+
+def test_block_ticks_sit_at_block_centres() -> None:
+    from lightning_stiffness.viz.labelled import block_ticks
+
+    assert block_ticks([3, 5], 10, [0, 2, 3], NAMES) == [(1.5, "airplane"), (4.0, "bird"), (7.5, "cat")]
+
+
+def test_block_mean_matches_a_loop() -> None:
+    from lightning_stiffness.viz.images import block_mean
+
+    torch.manual_seed(0)
+    x = torch.randn(7, 7)
+    x[0, 1] = float("nan")
+    got = block_mean(x, 3)
+    assert got.shape == (3, 3)
+    for i in range(3):
+        for j in range(3):
+            block = x[3 * i : 3 * i + 3, 3 * j : 3 * j + 3]
+            want = block[torch.isfinite(block)].double().mean()
+            assert abs(got[i, j].item() - want.item()) < 1e-6, (i, j)
+    assert block_mean(x, 1) is x
+
+
+# ---------------------------------------------------------------- sending images to loggers
+
+
+def _measurement(step: int = 0, trigger: str = "start"):  # type: ignore[no-untyped-def]
+    from lightning_stiffness.analysis import AnalysisConfig, analyze
+
+    torch.manual_seed(0)
+    n, c = 24, 4
+    labels = torch.arange(n) % c
+    g = torch.randn(n, 16, dtype=torch.float64) + torch.nn.functional.one_hot(labels, 16).double()
+    x = torch.nn.functional.normalize(torch.randn(n, 5), dim=1)
+    return analyze(
+        g @ g.T,
+        labels,
+        torch.zeros(n, dtype=torch.long),
+        ("train",),
+        step=step,
+        epoch=0,
+        trigger=trigger,
+        distances={"input": 1 - x @ x.T},
+        config=AnalysisConfig(num_classes=c, bins=5),
+    )
+
+
+def _tb_images(logdir: str) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(logdir, size_guidance={"images": 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+
+
+def test_log_images_to_tensorboard_keeps_the_start_under_its_own_tag(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from lightning_stiffness.log import image_loggers, log_images
+
+    tb, csv = TensorBoardLogger(str(tmp_path), name="tb"), CSVLogger(str(tmp_path), name="csv")
+    assert image_loggers([csv, tb]) == [tb]
+    assert log_images([csv], _measurement(), 0) == [], "no logger takes images: nothing rendered or sent"
+    assert log_images([csv, tb], _measurement(0, "start"), 0, class_names=NAMES) == ["TensorBoardLogger"]
+    assert log_images([tb], _measurement(7, "every_n_steps"), 7) == ["TensorBoardLogger"]
+    tb.experiment.flush()
+    steps = _tb_images(tb.log_dir)
+    for tag in ("stiffness/class_matrix/sign", "stiffness/matrix_by_class/cos", "stiffness/distance/input"):
+        assert steps[tag] == [0, 7], tag
+        assert steps[f"{tag}/start"] == [0], f"{tag}: the first measurement also has its own tag"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="needs wandb")
+def test_log_images_to_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B in offline mode: the images go through WandbLogger.log_image into the offline run file."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_stiffness.log import log_images
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="viz-test")
+    calls: list[str] = []
+    original = WandbLogger.log_image
+
+    def spy(self: WandbLogger, key: str, images: list, step: int | None = None, **kw: object) -> None:  # type: ignore[type-arg]
+        calls.append(key)
+        assert images[0].shape[2] == 3 and images[0].dtype.name == "uint8"
+        original(self, key, images, step=step, **kw)
+
+    monkeypatch.setattr(WandbLogger, "log_image", spy)
+    try:
+        assert log_images([logger], _measurement(), 0, class_names=NAMES) == ["WandbLogger"]
+    finally:
+        logger.experiment.finish()
+    assert "stiffness/class_matrix/sign" in calls and "stiffness/class_matrix/sign/start" in calls
+    media = list(tmp_path.rglob("media/images/stiffness/class_matrix/sign*.png"))
+    assert media, "offline run has no class-matrix image file"
+
+
+class _FakeMlflowClient:
+    def __init__(self) -> None:
+        self.logged: list[tuple[str, str, tuple[int, ...]]] = []
+
+    def log_image(self, run_id: str, image: object, artifact_file: str) -> None:
+        self.logged.append((run_id, artifact_file, image.shape))  # type: ignore[attr-defined]
+
+
+def test_log_images_to_mlflow_through_its_client() -> None:
+    """MLFlowLogger (a subclass with a recording client, so no MLflow server or package is needed):
+    each image goes to ``experiment.log_image(run_id, HWC array, artifact_file)``."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from lightning_stiffness.log import image_loggers, log_images
+
+    client = _FakeMlflowClient()
+
+    class RecordingMLFlowLogger(MLFlowLogger):
+        def __init__(self) -> None:  # no MLflow import, no tracking store
+            pass
+
+        @property
+        def experiment(self) -> _FakeMlflowClient:  # type: ignore[override]
+            return client
+
+        @property
+        def run_id(self) -> str:  # type: ignore[override]
+            return "run-1"
+
+    logger = RecordingMLFlowLogger()
+    assert image_loggers([logger]) == [logger]
+    assert log_images([logger], _measurement(5, "every_n_steps"), 5) == ["RecordingMLFlowLogger"]
+    files = {f for _, f, _ in client.logged}
+    assert "stiffness/class_matrix/sign/step_000000005.png" in files
+    assert "stiffness/matrix_by_class/cos/step_000000005.png" in files
+    assert all(run == "run-1" and shape[2] == 3 for run, _, shape in client.logged)
+    assert not any("/start/" in f for f in files), "not a start measurement"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="needs mlflow (or mlflow-skinny)")
+def test_log_images_to_a_real_mlflow_file_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from lightning_stiffness.log import log_images
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database; a folder is enough here
+
+    logger = MLFlowLogger(experiment_name="viz", tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    assert log_images([logger], _measurement(), 0) == ["MLFlowLogger"]
+    pngs = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")}
+    assert any(p.endswith("artifacts/stiffness/class_matrix/sign/step_000000000.png") for p in pngs), pngs
+    assert any(p.endswith("artifacts/stiffness/class_matrix/sign/start/step_000000000.png") for p in pngs), pngs

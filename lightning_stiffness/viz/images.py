@@ -1,0 +1,144 @@
+"""The images of one measurement, rendered once and sent to every logger that takes images.
+
+Tags (``uint8`` ``(3, H, W)`` images):
+
+- ``stiffness/class_matrix/<kind>``: the ``(C, C)`` class stiffness matrix ``C[a, b]`` of paper
+  v1 Eq. 6 (x: class ``a`` of ``g_1``, the example the gradient step is taken on; y: class ``b`` of
+  ``g_2``), fixed ``[-1, 1]``, reordered by super-class with borders when super-classes are known;
+- ``stiffness/matrix_by_class/<kind>``: the ``(N, N)`` stiffness matrix of the probe examples
+  sorted by class, class borders drawn. With ``N`` above ``MAX_EXAMPLES_PIXELS`` it is shown at
+  reduced resolution: each pixel is the mean of an ``f × f`` block of pairs
+  (``f = ceil(N / MAX_EXAMPLES_PIXELS)``), which the title says;
+- ``stiffness/distance/<space>``: stiffness vs distance (matplotlib, when installed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_stiffness.analytics import reorder_by_superclass
+from lightning_stiffness.measurement import Measurement, split_key
+from lightning_stiffness.viz.labelled import LabelledImage, block_ticks, class_ticks, labelled_heatmap
+from lightning_stiffness.viz.labels import KIND_TITLES, XLABEL, XLABEL_EXAMPLES, YLABEL, YLABEL_EXAMPLES
+from lightning_stiffness.viz.raster import sort_by_label
+
+#: Largest side, in matrix cells, of the N×N image before it is block-averaged.
+MAX_EXAMPLES_PIXELS = 256
+
+
+def _where(m: Measurement) -> str:
+    return f"step {m.step}, {'+'.join(m.split_names)}"
+
+
+def class_matrix_image(
+    m: Measurement,
+    kind: str,
+    superclasses: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> LabelledImage:
+    """The labelled class stiffness matrix of ``kind`` (``sign`` or ``cos``)."""
+    matrix = m.class_sign if kind == "sign" else m.class_cos
+    classes = list(range(matrix.shape[0]))
+    boundaries: list[int] | None = None
+    if superclasses is not None:
+        matrix, order, boundaries = reorder_by_superclass(matrix, superclasses)
+        classes = order.tolist()
+    title = f"{KIND_TITLES[kind]}, {_where(m)}" + (" (by super-class)" if boundaries is not None else "")
+    return labelled_heatmap(
+        matrix,
+        title=title,
+        xlabel=XLABEL,
+        ylabel=YLABEL,
+        ticks=class_ticks(classes, class_names),
+        boundaries=boundaries,
+    )
+
+
+def block_mean(matrix: Tensor, factor: int) -> Tensor:
+    """``matrix`` with each ``factor × factor`` block replaced by its mean over finite entries
+    (blocks at the ragged edge average what they hold; a block without finite entries is NaN)."""
+    if factor <= 1:
+        return matrix
+    x = matrix.float()
+    finite = torch.isfinite(x)
+    sums = F.avg_pool2d(x.nan_to_num(0.0).masked_fill(~finite, 0.0)[None, None], factor, ceil_mode=True)
+    counts = F.avg_pool2d(finite.float()[None, None], factor, ceil_mode=True)
+    return (sums / counts)[0, 0]
+
+
+def examples_matrix_image(
+    m: Measurement,
+    kind: str,
+    class_names: Sequence[str] | None = None,
+    max_pixels: int = MAX_EXAMPLES_PIXELS,
+) -> LabelledImage:
+    """The labelled ``(N, N)`` stiffness matrix sorted by class, block-averaged above ``max_pixels``."""
+    full = m.sign if kind == "sign" else m.cos
+    ordered, bounds = sort_by_label(full, m.labels)
+    n = ordered.shape[0]
+    factor = max(1, math.ceil(n / max_pixels))
+    present = torch.unique(m.labels.cpu()).tolist()  # sorted: the class of each block in order
+    note = f", each pixel the mean of {factor}x{factor} pairs" if factor > 1 else ""
+    shown = block_mean(ordered, factor)
+    shown_bounds = sorted({math.floor(b / factor) for b in bounds} - {0})
+    size = shown.shape[0]
+    ticks = [(pos / factor, label) for pos, label in block_ticks(bounds, n, present, class_names)]
+    return labelled_heatmap(
+        shown,
+        title=f"{KIND_TITLES[kind]}, {_where(m)}\n{n} probe examples{note}",
+        xlabel=XLABEL_EXAMPLES,
+        ylabel=YLABEL_EXAMPLES,
+        ticks=[(min(p, size), t) for p, t in ticks],
+        boundaries=shown_bounds,
+    )
+
+
+def measurement_images(
+    m: Measurement,
+    superclasses: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    *,
+    distance_figures: bool = True,
+) -> dict[str, Tensor]:
+    """Every image of one measurement by tag (see the module docstring)."""
+    images: dict[str, Tensor] = {}
+    for kind in ("sign", "cos"):
+        images[f"stiffness/class_matrix/{kind}"] = class_matrix_image(m, kind, superclasses, class_names).image
+        images[f"stiffness/matrix_by_class/{kind}"] = examples_matrix_image(m, kind, class_names).image
+    if distance_figures:
+        from lightning_stiffness.viz.figure import have_matplotlib
+
+        if have_matplotlib():
+            for tag, fig in distance_figures_of(m).items():
+                images[tag] = figure_image(fig)
+    return images
+
+
+def distance_figures_of(m: Measurement) -> dict[str, Any]:
+    """Stiffness vs distance per space (matplotlib figures): within/between curves of both kinds,
+    measured ξ solid, a censored or extrapolated one as "ξ ≥ bound" (see ``distance_figure``)."""
+    from lightning_stiffness.viz.curves import distance_figure
+
+    curve_keys = [(split_key(key), curve) for key, curve in m.curves.items()]
+    length_keys = [(split_key(key), xi) for key, xi in m.critical_lengths.items()]
+    out = {}
+    for space in sorted({s for (s, _, _), _ in curve_keys}):
+        curves = {f"{kind} {pairs}": c for (s, kind, pairs), c in curve_keys if s == space and pairs != "all"}
+        lengths = {f"{kind} {est}": xi for (s, kind, est), xi in length_keys if s == space and kind == "sign"}
+        out[f"stiffness/distance/{space}"] = distance_figure(curves, lengths, title=f"{space}, step {m.step}")
+    return out
+
+
+def figure_image(fig: Any) -> Tensor:
+    """A matplotlib figure rasterised on its Agg canvas, as ``uint8`` ``(3, H, W)``."""
+    import numpy as np
+
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).contiguous()

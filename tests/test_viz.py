@@ -293,3 +293,44 @@ def test_log_images_to_a_real_mlflow_file_store(tmp_path: Path, monkeypatch: pyt
     pngs = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")}
     assert any(p.endswith("artifacts/stiffness/class_matrix/sign/step_000000000.png") for p in pngs), pngs
     assert any(p.endswith("artifacts/stiffness/class_matrix/sign/start/step_000000000.png") for p in pngs), pngs
+
+
+# ---------------------------------------------------------------- line charts (PIL)
+
+
+def test_nice_ticks() -> None:
+    from lightning_stiffness.viz.chart import nice_ticks
+
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(0.13, 1.77) == [0.5, 1.0, 1.5]
+    assert nice_ticks(-3.0, 27.0) == [0.0, 10.0, 20.0]
+
+
+def test_line_chart_draws_points_where_the_data_are() -> None:
+    from lightning_stiffness.viz.chart import PALETTE, Series, line_chart
+
+    s = Series("within", [0.0, 1.0, 2.0], [-1.0, 0.0, 1.0], [float("nan")] * 3)
+    chart = line_chart([s], title="t", xlabel="distance", ylabel="stiffness", size=(200, 100))
+    left, top, right, bottom = chart.plot_box
+    assert chart.texts_of("legend") == ["within"] and chart.texts_of("ytick") == ["-1", "-0.5", "0", "0.5", "1"]
+    # x range padded by 4 % each side, y range [-1.05, 1.05]: the middle point (1, 0) is the plot's centre
+    x, y = left + round(0.5 * (right - left - 1)), top + round(0.5 * (bottom - top - 1))
+    assert tuple(chart.image[:, y, x].tolist()) == PALETTE[0]
+    empty = chart.image[:, top + (bottom - top) // 4, left + 3]  # upper left: y = 0.5 near x = 0, no line
+    assert tuple(empty.tolist()) == (255, 255, 255), "nothing drawn where there are no data"
+
+
+def test_distance_chart_marks_bounds_as_lower_bounds() -> None:
+    from pathlib import Path
+
+    from lightning_stiffness.measurement import load_measurements
+    from lightning_stiffness.viz.chart import distance_chart
+
+    m = load_measurements(Path(__file__).parent / "fixtures" / "run-0.1.0")[-1]
+    lengths = {"zero": m.critical_length("input", "sign"), "fit": m.critical_length("input", "cos", "linear_fit")}
+    chart = distance_chart({"within": m.curve("input", "sign", "within")}, lengths, title="input, step 3")
+    legend = chart.texts_of("legend")
+    assert legend[0] == "within"
+    assert f"xi zero >= {lengths['zero'].lower_bound:.3f}" in legend
+    assert f"xi fit >= {lengths['fit'].lower_bound:.3f}" in legend
+    assert chart.texts_of("title") == ["input, step 3"] and chart.texts_of("ylabel") == ["stiffness"]

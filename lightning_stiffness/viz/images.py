@@ -9,14 +9,13 @@ Tags (``uint8`` ``(3, H, W)`` images):
   sorted by class, class borders drawn. With ``N`` above ``MAX_EXAMPLES_PIXELS`` it is shown at
   reduced resolution: each pixel is the mean of an ``f × f`` block of pairs
   (``f = ceil(N / MAX_EXAMPLES_PIXELS)``), which the title says;
-- ``stiffness/distance/<space>``: stiffness vs distance (matplotlib, when installed).
+- ``stiffness/distance/<space>``: stiffness vs distance (drawn with PIL, like the heatmaps).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from torch import Tensor
 
 from lightning_stiffness.analytics import reorder_by_superclass
 from lightning_stiffness.measurement import Measurement, split_key
+from lightning_stiffness.viz.chart import distance_chart
 from lightning_stiffness.viz.labelled import LabelledImage, block_ticks, class_ticks, labelled_heatmap
 from lightning_stiffness.viz.labels import KIND_TITLES, XLABEL, XLABEL_EXAMPLES, YLABEL, YLABEL_EXAMPLES
 from lightning_stiffness.viz.raster import sort_by_label
@@ -112,33 +112,27 @@ def measurement_images(
         images[f"stiffness/class_matrix/{kind}"] = class_matrix_image(m, kind, superclasses, class_names).image
         images[f"stiffness/matrix_by_class/{kind}"] = examples_matrix_image(m, kind, class_names).image
     if distance_figures:
-        from lightning_stiffness.viz.figure import have_matplotlib
-
-        if have_matplotlib():
-            for tag, fig in distance_figures_of(m).items():
-                images[tag] = figure_image(fig)
+        images.update({tag: chart.image for tag, chart in distance_charts(m).items()})
     return images
 
 
-def distance_figures_of(m: Measurement) -> dict[str, Any]:
-    """Stiffness vs distance per space (matplotlib figures): within/between curves of both kinds,
-    measured ξ solid, a censored or extrapolated one as "ξ ≥ bound" (see ``distance_figure``)."""
-    from lightning_stiffness.viz.curves import distance_figure
-
+def distance_charts(m: Measurement) -> dict[str, LabelledImage]:
+    """Stiffness vs distance per space (PIL, :func:`~lightning_stiffness.viz.chart.distance_chart`):
+    within/between curves of both kinds, measured ξ solid, a censored or extrapolated one dotted as
+    "xi >= bound" (PIL's default font has no ξ)."""
     curve_keys = [(split_key(key), curve) for key, curve in m.curves.items()]
     length_keys = [(split_key(key), xi) for key, xi in m.critical_lengths.items()]
     out = {}
     for space in sorted({s for (s, _, _), _ in curve_keys}):
         curves = {f"{kind} {pairs}": c for (s, kind, pairs), c in curve_keys if s == space and pairs != "all"}
         lengths = {f"{kind} {est}": xi for (s, kind, est), xi in length_keys if s == space and kind == "sign"}
-        out[f"stiffness/distance/{space}"] = distance_figure(curves, lengths, title=f"{space}, step {m.step}")
+        out[f"stiffness/distance/{space}"] = distance_chart(
+            curves, lengths, title=f"stiffness vs distance, {space}, step {m.step}", xlabel=_distance_label(space)
+        )
     return out
 
 
-def figure_image(fig: Any) -> Tensor:
-    """A matplotlib figure rasterised on its Agg canvas, as ``uint8`` ``(3, H, W)``."""
-    import numpy as np
-
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
-    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).contiguous()
+def _distance_label(space: str) -> str:
+    if space == "input":
+        return "input-space cosine distance 1 - cos(x_1, x_2)"
+    return f"cosine distance 1 - cos(R_1, R_2) of {space}"

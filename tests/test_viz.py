@@ -334,3 +334,24 @@ def test_distance_chart_marks_bounds_as_lower_bounds() -> None:
     assert f"xi zero >= {lengths['zero'].lower_bound:.3f}" in legend
     assert f"xi fit >= {lengths['fit'].lower_bound:.3f}" in legend
     assert chart.texts_of("title") == ["input, step 3"] and chart.texts_of("ylabel") == ["stiffness"]
+
+
+def test_without_pillow_the_images_are_unlabelled_and_say_so_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_stiffness.viz import images, labelled
+    from lightning_stiffness.viz.raster import heatmap, with_colorbar
+
+    monkeypatch.setattr(labelled, "have_pil", lambda: False)
+    monkeypatch.setattr(images, "have_pil", lambda: False)
+    monkeypatch.setattr(labelled, "_warned_no_pil", False)
+    m = _measurement()
+    with pytest.warns(UserWarning, match="Pillow is not installed"):
+        out = images.measurement_images(m)
+    assert set(out) == {
+        f"stiffness/{what}/{kind}" for what in ("class_matrix", "matrix_by_class") for kind in ("sign", "cos")
+    }
+    assert torch.equal(out["stiffness/class_matrix/cos"], with_colorbar(heatmap(m.class_cos)))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images.measurement_images(m)  # the notice is given once

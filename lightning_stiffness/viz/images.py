@@ -24,7 +24,7 @@ from torch import Tensor
 from lightning_stiffness.analytics import reorder_by_superclass
 from lightning_stiffness.measurement import Measurement, split_key
 from lightning_stiffness.viz.chart import distance_chart
-from lightning_stiffness.viz.labelled import LabelledImage, block_ticks, class_ticks, labelled_heatmap
+from lightning_stiffness.viz.labelled import LabelledImage, block_ticks, class_ticks, have_pil, labelled_heatmap
 from lightning_stiffness.viz.labels import KIND_TITLES, XLABEL, XLABEL_EXAMPLES, YLABEL, YLABEL_EXAMPLES
 from lightning_stiffness.viz.raster import sort_by_label
 
@@ -111,7 +111,7 @@ def measurement_images(
     for kind in ("sign", "cos"):
         images[f"stiffness/class_matrix/{kind}"] = class_matrix_image(m, kind, superclasses, class_names).image
         images[f"stiffness/matrix_by_class/{kind}"] = examples_matrix_image(m, kind, class_names).image
-    if distance_figures:
+    if distance_figures and have_pil():  # without Pillow only the unlabelled heatmaps
         images.update({tag: chart.image for tag, chart in distance_charts(m).items()})
     return images
 

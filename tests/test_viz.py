@@ -454,3 +454,15 @@ def test_distance_chart_draws_a_measured_xi_solid_with_equals() -> None:
         if all(tuple(chart.image[:, y, x].tolist()) == (0, 0, 0) for y in range(top + 2, bottom - 2))
     ]
     assert column, "a solid vertical line at the measured ξ"
+
+
+def test_report_of_a_run_without_classes_has_no_class_matrix_figures(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from lightning_stiffness.measurement import save_measurement
+    from lightning_stiffness.report import write_report
+
+    for m in (_measurement_without_classes(0), _measurement_without_classes(5, "every_n_steps")):
+        save_measurement(m, tmp_path / "run")
+    names = {p.name for p in write_report([tmp_path / "run"], tmp_path / "out").figures}
+    assert "stiffness_over_training.png" in names and "stiffness_vs_distance.png" in names
+    assert not any(n.startswith("class_matrices") for n in names)

@@ -32,7 +32,8 @@ def write_report(
     steps: Sequence[int] | None = None,
     threshold: float | None = None,
 ) -> Report:
-    """Write PNG figures, ``claims.md`` and ``claims.json`` for the runs under ``run_dirs``.
+    """Write PNG figures, ``claims.md`` and ``claims.json`` for the runs under ``run_dirs``
+    (no class-matrix figures for a run whose measurements have no class statistics).
 
     Args:
         run_dirs: run directories or folders holding several runs (searched recursively).
@@ -47,6 +48,7 @@ def write_report(
         raise ImportError("the report draws with matplotlib: pip install 'lightning-stiffness[examples]'")
     from lightning_stiffness.report import series
     from lightning_stiffness.viz import class_matrix, curves
+    from lightning_stiffness.viz.images import has_class_statistics
 
     runs = load_runs(list(run_dirs))
     out = Path(out_dir)
@@ -61,8 +63,9 @@ def write_report(
     for k, run in enumerate(runs):
         prefix = f"run{k:02d}_" if len(runs) > 1 else ""
         save(curves.training_figure(run), f"{prefix}stiffness_over_training.png")
-        for kind in ("sign", "cos"):
-            save(class_matrix.class_matrix_grid(run, kind, steps), f"{prefix}class_matrices_{kind}.png")
+        if any(has_class_statistics(m) for m in run.measurements):  # not for targets that are not classes
+            for kind in ("sign", "cos"):
+                save(class_matrix.class_matrix_grid(run, kind, steps), f"{prefix}class_matrices_{kind}.png")
         if run.measurements[-1].curves:
             save(curves.distance_by_space_figure(run), f"{prefix}stiffness_vs_distance.png")
         if any(m.superclass for m in run.measurements):

@@ -21,7 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from lightning_stiffness.analysis import AnalysisConfig, analyze, analyze_without_classes, scalar_metrics
 from lightning_stiffness.analytics import capture_representations, cosine_distance_matrix, input_distances
@@ -29,7 +29,7 @@ from lightning_stiffness.gram import GramResult, per_example_gram, select_parame
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
 from lightning_stiffness.gram.inputs import ProbeBatch
 from lightning_stiffness.gram.sharding import is_sharded
-from lightning_stiffness.log import custom_scalars_layout, log_images, log_scalars, tensorboard_writers
+from lightning_stiffness.log import custom_scalars_layout, image_loggers, log_images, log_scalars, tensorboard_writers
 from lightning_stiffness.measurement import (
     Measurement,
     MeasurementFormatError,
@@ -172,6 +172,8 @@ class StiffnessCallback(Callback):
         self._train_start: float | None = None
         self._save_path: Path | None = None
         self._images_on = self.settings.output.log_images
+        self._class_names: list[str] | None = None  # tick labels of the images, found at train start
+        self._first_publish_of_fit = True  # the next measurement published is this fit's first
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -189,13 +191,13 @@ class StiffnessCallback(Callback):
         problem = strategy_problem(trainer.strategy)
         if problem:
             raise MisconfigurationException(f"StiffnessCallback: {problem}")
-        self._images_on = self.settings.output.log_images and bool(tensorboard_writers(trainer.loggers))
+        self._images_on = self.settings.output.log_images and bool(image_loggers(trainer.loggers))
         if self.settings.output.log_images and not self._images_on:
             rank_zero_info(
                 "StiffnessCallback: no logger of this Trainer takes images "
                 f"({[type(lg).__name__ for lg in trainer.loggers] or 'no logger'}), so heatmaps and figures are "
-                "skipped; scalars still go to every logger and measurements are saved. Add a TensorBoardLogger for "
-                "images, or pass log_images=False to silence this."
+                "skipped; scalars still go to every logger and measurements are saved. Add a TensorBoardLogger, "
+                "WandbLogger or MLFlowLogger for images, or pass log_images=False to silence this."
             )
         try:  # fail at setup, not at every measurement, on a wrong module_attr or params name
             select_parameters(self._measured_module(pl_module), self.settings.gram.params)
@@ -204,6 +206,7 @@ class StiffnessCallback(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._train_start = time.perf_counter()
+        self._first_publish_of_fit = True
         self._last_step = trainer.global_step
         # ``Trainer.log_dir`` is a broadcast under DDP/FSDP: read it here, where every rank runs,
         # never later on rank 0 alone (that deadlocked the default-logger DDP run)
@@ -381,6 +384,10 @@ class StiffnessCallback(Callback):
             (self.settings.probe.batch_adapter or split_batch),
             self.settings.probe.groups,
         )
+        # tick labels of the images; with groups=... the labels are the user's groups, not classes
+        grouped = self.settings.probe.groups is not None
+        names = None if grouped else _class_names(trainer, datasets)
+        self._class_names = _names_for_labels(names, probe.labels, self.analysis.num_classes)
         if probe.labels is None:
             rank_zero_info(
                 f"StiffnessCallback: the targets are not class labels (shape {tuple(probe.targets.shape)}, "
@@ -593,13 +600,50 @@ class StiffnessCallback(Callback):
             self.saved_files.append(str(save_measurement(m, self._directory(trainer))))
             metrics = self._logged_scalars(m)
             log_scalars(trainer.loggers, m, metrics, step=m.step)
+            # the start images (``<tag>/start``) belong to the run's first measurement at train start,
+            # never to the first measurement after a resume
+            start = self._first_publish_of_fit and m.step == 0
+            self._first_publish_of_fit = False
             if self._images_on and (len(self.measurements) - 1) % self.settings.output.image_every == 0:
-                log_images(tensorboard_writers(trainer.loggers), m, m.step, self.analysis.superclasses)
+                log_images(trainer.loggers, m, m.step, self.analysis.superclasses, self._class_names, start=start)
         except Exception as err:
             rank_zero_warn(
                 f"StiffnessCallback: logging the measurement at step {m.step} failed "
                 f"({type(err).__name__}: {err}); training goes on."
             )
+
+
+def _class_names(trainer: Trainer, datasets: Mapping[str, Any]) -> list[str] | None:
+    """The class names for image ticks: ``trainer.datamodule.classes``, else the ``classes`` of
+    the probe's training (or first) dataset, through ``Subset.dataset`` wrappers; ``None`` when
+    there are none or they are not all strings. Never raises (names only label images)."""
+    try:
+        names = getattr(getattr(trainer, "datamodule", None), "classes", None)
+        if names is None and datasets:
+            dataset = datasets.get("train", next(iter(datasets.values())))
+            for _ in range(8):  # Subset of Subset of ...
+                if getattr(dataset, "classes", None) is not None or not isinstance(dataset, Subset):
+                    break
+                dataset = dataset.dataset
+            names = getattr(dataset, "classes", None)
+        if names is None or isinstance(names, (str, bytes)):
+            return None
+        names = list(names)
+        return names if names and all(isinstance(n, str) for n in names) else None
+    except Exception:
+        return None
+
+
+def _names_for_labels(names: list[str] | None, labels: Tensor | None, num_classes: int | None) -> list[str] | None:
+    """``names`` when they name every class of the probe's labels (``num_classes``, else the
+    largest label + 1), else ``None``: the images then show class indices."""
+    if names is None or labels is None or labels.numel() == 0:
+        return None
+    try:
+        needed = num_classes or int(labels.max()) + 1
+    except Exception:
+        return None
+    return names if len(names) >= needed else None
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

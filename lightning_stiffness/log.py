@@ -1,5 +1,7 @@
-"""Send a measurement to Lightning loggers: scalars to every logger, images, histograms and
-figures to TensorBoard (``logger.experiment`` is a no-op on ranks other than 0)."""
+"""Send a measurement to Lightning loggers: scalars to every logger; images to every logger that
+takes them (TensorBoard, Weights & Biases, MLflow), through each one's own image API; the
+off-diagonal histogram and the custom-scalars layout to TensorBoard (``logger.experiment`` is a
+no-op on ranks other than 0)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from lightning_stiffness.analysis import scalar_metrics
-from lightning_stiffness.analytics import reorder_by_superclass
-from lightning_stiffness.figures import distance_figure, have_matplotlib
-from lightning_stiffness.measurement import Measurement, split_key
-from lightning_stiffness.render import heatmap, sort_by_label, with_colorbar
+from lightning_stiffness.measurement import Measurement
+from lightning_stiffness.viz.images import measurement_images
 
-__all__ = ["custom_scalars_layout", "log_images", "log_scalars", "tensorboard_writers"]
+__all__ = [
+    "custom_scalars_layout",
+    "image_loggers",
+    "log_images",
+    "log_scalars",
+    "start_tag",
+    "tensorboard_writers",
+]
 
 
 def tensorboard_writers(loggers: Sequence[Logger]) -> list[Any]:
@@ -42,42 +49,81 @@ def custom_scalars_layout(kinds: Sequence[str] = ("sign", "cos")) -> dict[str, A
     return {"stiffness": charts}
 
 
+def image_loggers(loggers: Sequence[Logger]) -> list[Logger]:
+    """The loggers that can take images: ``TensorBoardLogger``, ``WandbLogger`` and ``MLFlowLogger``
+    (a bare ``SummaryWriter`` is accepted too). Others (CSV, ...) get scalars only."""
+    return [lg for lg in loggers if _image_api(lg) is not None]
+
+
+def _image_api(logger: Any) -> str | None:
+    if isinstance(logger, TensorBoardLogger):
+        return "tensorboard"
+    if isinstance(logger, WandbLogger):
+        return "wandb"
+    if isinstance(logger, MLFlowLogger):
+        return "mlflow"
+    if not isinstance(logger, Logger) and callable(getattr(logger, "add_image", None)):
+        return "writer"  # a SummaryWriter handed over directly
+    return None
+
+
+def start_tag(tag: str) -> str:
+    """Where the first measurement's image is also logged: TensorBoard keeps 10 images per tag by
+    default (reservoir sampling that always keeps the newest), so the first would be lost."""
+    return f"{tag}/start"
+
+
 def log_images(
-    writers: Sequence[Any],
+    loggers: Sequence[Logger],
     m: Measurement,
     step: int,
     superclasses: Sequence[int] | None = None,
-) -> None:
-    """Class matrices (fixed [-1, 1] diverging map), the N×N matrices sorted by class with
-    class boundaries, a histogram of off-diagonal cosine stiffness, stiffness vs distance."""
-    if not writers:
-        return
-    images: dict[str, torch.Tensor] = {}
-    for kind, class_matrix, full in (("sign", m.class_sign, m.sign), ("cos", m.class_cos, m.cos)):
-        boundaries: list[int] | None = None
-        if superclasses is not None:
-            class_matrix, _, boundaries = reorder_by_superclass(class_matrix, superclasses)
-        images[f"stiffness/class_matrix/{kind}"] = with_colorbar(heatmap(class_matrix, boundaries=boundaries))
-        ordered, label_bounds = sort_by_label(full, m.labels)
-        images[f"stiffness/matrix_by_class/{kind}"] = with_colorbar(heatmap(ordered, boundaries=label_bounds))
+    class_names: Sequence[str] | None = None,
+    *,
+    start: bool | None = None,
+) -> list[str]:
+    """Render the measurement's images once (:func:`~lightning_stiffness.viz.images.measurement_images`:
+    labelled class matrices, N×N matrices sorted by class, stiffness vs distance) and send them to
+    every logger in :func:`image_loggers`; TensorBoard also gets a histogram of the off-diagonal
+    cosine stiffness.
+
+    Args:
+        loggers: the trainer's loggers (those that cannot take images are skipped).
+        m: the measurement; ``step`` the global step to log at.
+        superclasses: fine class → super-class, to order the class matrices by super-class.
+        class_names: name of each class (tick labels); indices when ``None``.
+        start: also log the images under ``<tag>/start`` so that they survive TensorBoard's
+            10-images-per-tag default (default: when ``m`` was measured at train start).
+
+    Returns:
+        The class names of the loggers that received the images (empty: none could).
+    """
+    targets = [(lg, api) for lg in loggers if (api := _image_api(lg)) is not None]
+    if not targets:
+        return []
+    images = measurement_images(m, superclasses, class_names)
+    if start if start is not None else "start" in m.trigger.split("+"):
+        images.update({start_tag(tag): image for tag, image in list(images.items())})
     off_diagonal = m.cos[~torch.eye(m.num_examples, dtype=torch.bool)]
-    figures = _distance_figures(m) if have_matplotlib() else {}
-    for writer in writers:
-        for tag, image in images.items():
-            writer.add_image(tag, image, global_step=step, dataformats="CHW")
-        writer.add_histogram("stiffness/offdiagonal_cos", off_diagonal, global_step=step)
-        for tag, fig in figures.items():
-            writer.add_figure(tag, fig, global_step=step, close=False)
-        writer.flush()
+    sent = []
+    for lg, api in targets:
+        if api in ("tensorboard", "writer"):
+            writer: Any = lg.experiment if isinstance(lg, TensorBoardLogger) else lg
+            for tag, image in images.items():
+                writer.add_image(tag, image, global_step=step, dataformats="CHW")
+            writer.add_histogram("stiffness/offdiagonal_cos", off_diagonal, global_step=step)
+            writer.flush()
+        elif api == "wandb":
+            for tag, image in images.items():
+                lg.log_image(key=tag, images=[_hwc(image)], step=step)  # type: ignore[attr-defined]
+        elif api == "mlflow":
+            client, run_id = lg.experiment, lg.run_id  # type: ignore[attr-defined]
+            for tag, image in images.items():
+                client.log_image(run_id, _hwc(image), artifact_file=f"{tag}/step_{step:09d}.png")
+        sent.append(type(lg).__name__)
+    return sent
 
 
-def _distance_figures(m: Measurement) -> dict[str, Any]:
-    curve_keys = [(split_key(key), curve) for key, curve in m.curves.items()]
-    length_keys = [(split_key(key), xi) for key, xi in m.critical_lengths.items()]
-    out = {}
-    for space in sorted({s for (s, _, _), _ in curve_keys}):
-        curves = {f"{kind} {pairs}": c for (s, kind, pairs), c in curve_keys if s == space and pairs != "all"}
-        # measured ξ as a solid line, a censored/extrapolated one as "ξ ≥ bound" (see distance_figure)
-        lengths = {f"{kind} {est}": xi for (s, kind, est), xi in length_keys if s == space and kind == "sign"}
-        out[f"stiffness/distance/{space}"] = distance_figure(curves, lengths, title=f"{space}, step {m.step}")
-    return out
+def _hwc(image: torch.Tensor) -> Any:
+    """``(3, H, W)`` uint8 tensor → ``(H, W, 3)`` numpy array (what W&B and MLflow take)."""
+    return image.permute(1, 2, 0).contiguous().numpy()

@@ -183,7 +183,7 @@ class OutputSettings:
 
     Args:
         log_images: heatmaps, histograms and figures to the loggers that take images
-            (TensorBoard); without one they are skipped with one notice.
+            (TensorBoard, W&B, MLflow); without one they are skipped with one notice.
         image_every: log images at every k-th measurement.
         save_dir: where measurements are saved (default ``<trainer.log_dir>/stiffness``).
     """

@@ -10,8 +10,8 @@ from torch.utils.data import Subset, TensorDataset
 
 from lightning_stiffness import PermutedLabels, StiffnessCallback
 from lightning_stiffness.probe import ProbeSpec, choose_probe, collate_probe, dataset_labels, split_batch
-from lightning_stiffness.render import BLUE, NAN_GREY, RED, WHITE, colorize, heatmap, sort_by_label, with_colorbar
 from lightning_stiffness.schedule import MeasurementSchedule, log_spaced_steps
+from lightning_stiffness.viz import BLUE, NAN_GREY, RED, WHITE, colorize, heatmap, sort_by_label, with_colorbar
 
 # ---------------------------------------------------------------- probe
 

@@ -12,10 +12,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader, Subset
 
 from lightning_stiffness import StiffnessCallback, load_measurements
 from lightning_stiffness.analytics import class_stiffness_matrix, cosine_matrix
-from tests.lightning_helpers import TinyClassifier, loaders, trainer
+from tests.lightning_helpers import TinyClassifier, loaders, tiny_data, trainer
 
 
 def _fit(tmp_path: Path, callbacks: list, seed: int = 0, **kwargs) -> TinyClassifier:
@@ -331,3 +332,69 @@ def test_epoch_end_is_labelled_when_another_trigger_shares_the_step(tmp_path: Pa
         (6, "every_n_steps+epoch_end", 0),
         (12, "every_n_steps+epoch_end", 1),
     ]
+
+
+def test_images_get_start_tags_only_at_train_start_and_class_names_from_the_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The callback sends images through ``log.log_images`` with ``start=True`` for the run's
+    first measurement at step 0 only (not for the first one after a resume), and with the class
+    names of the probe dataset (found through ``Subset``) when they are strings naming every class."""
+    import lightning_stiffness.callback as callback_module
+
+    calls: list[tuple[int, bool, list[str] | None]] = []
+
+    def record(loggers, m, step, superclasses=None, class_names=None, *, start=None):  # type: ignore[no-untyped-def]
+        calls.append((step, bool(start), None if class_names is None else list(class_names)))
+        return ["TensorBoardLogger"]
+
+    monkeypatch.setattr(callback_module, "log_images", record)
+    data = tiny_data(96, 0)
+    data.classes = ["zero", "one", "two"]  # type: ignore[attr-defined]
+    train = DataLoader(Subset(data, list(range(96))), batch_size=16, shuffle=True)
+    _, val = loaders()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    cb1 = _cb(log_images=True, bootstrap=0)
+    L.seed_everything(0, verbose=False)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer(tmp_path, [cb1, ckpt], max_epochs=1, enable_checkpointing=True, logger=logger).fit(
+        TinyClassifier(), train, val
+    )
+    assert [c[0] for c in calls] == [m.step for m in cb1.measurements] and calls[0][0] == 0
+    assert [c[1] for c in calls] == [True] + [False] * (len(calls) - 1)
+    assert all(c[2] == ["zero", "one", "two"] for c in calls)
+    first_fit = len(calls)
+    cb2 = _cb(log_images=True, bootstrap=0)
+    trainer(tmp_path, [cb2], max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name="tb", version=1)).fit(
+        TinyClassifier(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    resumed = calls[first_fit:]
+    assert resumed and resumed[0][0] > 0 and not any(c[1] for c in resumed), "no start images after a resume"
+
+
+def test_class_names_are_kept_only_when_they_name_every_class() -> None:
+    from types import SimpleNamespace
+
+    from lightning_stiffness.callback import _class_names, _names_for_labels
+
+    data = tiny_data(12, 0)
+    data.classes = ["a", "b", "c"]  # type: ignore[attr-defined]
+    no_dm = SimpleNamespace(datamodule=None)
+    assert _class_names(no_dm, {"train": Subset(Subset(data, [0, 1]), [0])}) == ["a", "b", "c"]
+    with_dm = SimpleNamespace(datamodule=SimpleNamespace(classes=("x", "y", "z")))
+    assert _class_names(with_dm, {"train": data}) == ["x", "y", "z"], "the datamodule's names come first"
+    assert _class_names(SimpleNamespace(datamodule=SimpleNamespace(classes=[0, 1, 2])), {}) is None
+    assert _class_names(SimpleNamespace(datamodule=SimpleNamespace(classes="abc")), {}) is None
+    assert _class_names(no_dm, {"train": tiny_data(12, 0)}) is None
+
+    class Exploding:
+        @property
+        def classes(self) -> list[str]:
+            raise RuntimeError("no")
+
+    assert _class_names(SimpleNamespace(datamodule=Exploding()), {}) is None, "never raises"
+    labels = torch.tensor([0, 2, 1])
+    assert _names_for_labels(["a", "b", "c"], labels, None) == ["a", "b", "c"]
+    assert _names_for_labels(["a", "b"], labels, None) is None, "too few names for the labels"
+    assert _names_for_labels(["a", "b", "c"], labels, 5) is None, "too few names for num_classes"
+    assert _names_for_labels(["a", "b", "c"], None, None) is None, "targets that are not class labels"

@@ -13,7 +13,6 @@ import torch
 
 from lightning_stiffness.analysis import scalar_metrics
 from lightning_stiffness.cli import main as cli_main
-from lightning_stiffness.figures import distance_figure, have_matplotlib
 from lightning_stiffness.measurement import (
     FORMAT_VERSION,
     Measurement,
@@ -26,6 +25,8 @@ from lightning_stiffness.measurement import (
     split_key,
 )
 from lightning_stiffness.report import load_run, write_report
+from lightning_stiffness.viz.curves import distance_figure
+from lightning_stiffness.viz.figure import have_matplotlib
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"
 

@@ -14,7 +14,7 @@ from lightning_stiffness.cli import main as cli_main
 from lightning_stiffness.measurement import Measurement, save_measurement
 from lightning_stiffness.report import check_claims, load_runs, write_report
 from lightning_stiffness.report.claims import FAILS, FINDING, HOLDS, UNMEASURABLE, _spearman
-from lightning_stiffness.report.plots import overfitting_onset, pick_steps
+from lightning_stiffness.report.series import overfitting_onset, pick_steps
 
 
 def _m(

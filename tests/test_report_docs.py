@@ -157,26 +157,26 @@ def _texts(fig: object) -> str:
 
 def test_empty_plots_say_no_data_and_why(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from lightning_stiffness.report import plots
+    from lightning_stiffness.viz import class_matrix, curves
 
     for k, lr in enumerate((1e-4, 1e-3, 1e-2)):
         _run(tmp_path / "set", f"lr{k}", [_m(0, 1.0, -0.5), _m(2, 0.9, 0.1)], hparams={"lr": lr})
     runs = load_runs([tmp_path / "set"])  # thresholds [0.1] set (see _run), smoothed losses 1.0 and 1/3
-    left = _texts(plots.lr_between_figure(runs)).split("no epoch-end")[0]
+    left = _texts(curves.lr_between_figure(runs)).split("no epoch-end")[0]
     assert "no data" in left and "loss thresholds 0.1\nwere set but not reached" in left
     assert "lowest smoothed training loss measured: 0.333" in left and "loss_thresholds=" not in left
     for k, lr in enumerate((1e-4, 1e-3, 1e-2)):
         d = _run(tmp_path / "unset", f"lr{k}", [_m(0, 1.0, -0.5)], hparams={"lr": lr})
         (d / "run.json").write_text(json.dumps({"hparams": {"lr": lr}}))
-    assert "no loss thresholds were set" in _texts(plots.lr_between_figure(load_runs([tmp_path / "unset"])))
-    assert "no run reached training loss 0.1" in _texts(plots.lr_critical_length_figure(runs, 0.1))
+    assert "no loss thresholds were set" in _texts(curves.lr_between_figure(load_runs([tmp_path / "unset"])))
+    assert "no run reached training loss 0.1" in _texts(curves.lr_critical_length_figure(runs, 0.1))
     runs[0].measurements[1].trigger = "loss<=0.1"  # reached, but this planted measurement has no ξ
-    assert "no run has a positive, finite ξ" in _texts(plots.lr_critical_length_figure(runs, 0.1))
-    assert "no data" in _texts(plots.class_matrix_grid(runs[0], "sign", [7]))
-    assert "no data" not in _texts(plots.class_matrix_grid(runs[0], "sign", [0]))
+    assert "no run has a positive, finite ξ" in _texts(curves.lr_critical_length_figure(runs, 0.1))
+    assert "no data" in _texts(class_matrix.class_matrix_grid(runs[0], "sign", [7]))
+    assert "no data" not in _texts(class_matrix.class_matrix_grid(runs[0], "sign", [0]))
     runs[0].measurements[0].train_loss = runs[0].measurements[1].train_loss = None
-    assert "no training or validation loss" in _texts(plots.training_figure(runs[0]))
-    assert "no data" not in _texts(plots.training_figure(runs[1]))
+    assert "no training or validation loss" in _texts(curves.training_figure(runs[0]))
+    assert "no data" not in _texts(curves.training_figure(runs[1]))
 
 
 def test_every_claim_shows_its_rule_and_compared_numbers(tmp_path: Path) -> None:

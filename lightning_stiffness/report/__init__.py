@@ -32,7 +32,8 @@ def write_report(
     steps: Sequence[int] | None = None,
     threshold: float | None = None,
 ) -> Report:
-    """Write PNG figures, ``claims.md`` and ``claims.json`` for the runs under ``run_dirs``.
+    """Write PNG figures, ``claims.md`` and ``claims.json`` for the runs under ``run_dirs``
+    (no class-matrix figures for a run whose measurements have no class statistics).
 
     Args:
         run_dirs: run directories or folders holding several runs (searched recursively).
@@ -41,11 +42,13 @@ def write_report(
         threshold: training loss at which ξ is compared across learning rates (default: the
             threshold closest to 0.1 that the runs share, as in v1 Fig. 10).
     """
-    from lightning_stiffness.figures import have_matplotlib
+    from lightning_stiffness.viz.figure import have_matplotlib
 
     if not have_matplotlib():
         raise ImportError("the report draws with matplotlib: pip install 'lightning-stiffness[examples]'")
-    from lightning_stiffness.report import plots
+    from lightning_stiffness.report import series
+    from lightning_stiffness.viz import class_matrix, curves
+    from lightning_stiffness.viz.images import has_class_statistics
 
     runs = load_runs(list(run_dirs))
     out = Path(out_dir)
@@ -59,23 +62,24 @@ def write_report(
 
     for k, run in enumerate(runs):
         prefix = f"run{k:02d}_" if len(runs) > 1 else ""
-        save(plots.training_figure(run), f"{prefix}stiffness_over_training.png")
-        for kind in ("sign", "cos"):
-            save(plots.class_matrix_grid(run, kind, steps), f"{prefix}class_matrices_{kind}.png")
+        save(curves.training_figure(run), f"{prefix}stiffness_over_training.png")
+        if any(has_class_statistics(m) for m in run.measurements):  # not for targets that are not classes
+            for kind in ("sign", "cos"):
+                save(class_matrix.class_matrix_grid(run, kind, steps), f"{prefix}class_matrices_{kind}.png")
         if run.measurements[-1].curves:
-            save(plots.distance_by_space_figure(run), f"{prefix}stiffness_vs_distance.png")
+            save(curves.distance_by_space_figure(run), f"{prefix}stiffness_vs_distance.png")
         if any(m.superclass for m in run.measurements):
-            save(plots.superclass_figure(run), f"{prefix}superclasses.png")
+            save(curves.superclass_figure(run), f"{prefix}superclasses.png")
     if len([r for r in runs if r.lr is not None]) >= 2:
-        save(plots.lr_between_figure(runs), "between_stiffness_vs_lr.png")
-        shared = plots.loss_thresholds(runs)
+        save(curves.lr_between_figure(runs), "between_stiffness_vs_lr.png")
+        shared = series.loss_thresholds(runs)
         chosen = (
             threshold
             if threshold is not None
             else (min(shared, key=lambda t: abs(math.log(t / 0.1))) if shared else None)
         )
         if chosen is not None:
-            save(plots.lr_critical_length_figure(runs, chosen), "critical_length_vs_lr.png")
+            save(curves.lr_critical_length_figure(runs, chosen), "critical_length_vs_lr.png")
     report.claims = check_claims(runs)
     (out / "claims.md").write_text(claims_markdown(report.claims))
     (out / "claims.json").write_text(json.dumps([c.to_dict() for c in report.claims], indent=2))

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 
 from lightning_stiffness.analytics import CriticalLength, StiffnessSummary
 from lightning_stiffness.measurement import Measurement
-from lightning_stiffness.report.plots import at_epoch_end, at_loss_threshold, loss_thresholds, overfitting_onset
 from lightning_stiffness.report.runs import Run
+from lightning_stiffness.report.series import at_epoch_end, at_loss_threshold, loss_thresholds, overfitting_onset
 
 __all__ = ["ClaimResult", "check_claims", "claims_markdown"]
 

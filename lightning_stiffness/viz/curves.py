@@ -1,44 +1,68 @@
-"""The paper's figures redrawn from saved measurements (matplotlib, Agg canvas)."""
+"""Line figures (matplotlib): stiffness vs distance, and the report's curves over training and
+learning rate. Data selection lives in :mod:`lightning_stiffness.report.series`; these functions only draw."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from lightning_stiffness.analytics import reorder_by_superclass
-from lightning_stiffness.figures import distance_figure, new_figure
-from lightning_stiffness.measurement import Measurement, result_key
+from lightning_stiffness.analytics import BinnedCurve, CriticalLength
+from lightning_stiffness.measurement import result_key
 from lightning_stiffness.report.runs import Run
+from lightning_stiffness.report.series import at_epoch_end, at_loss_threshold, loss_thresholds, overfitting_onset
+from lightning_stiffness.viz.figure import new_figure, no_data_note
 
 __all__ = [
-    "class_matrix_grid",
     "distance_by_space_figure",
+    "distance_figure",
     "lr_between_figure",
     "lr_critical_length_figure",
     "superclass_figure",
+    "thresholds_not_reached",
     "training_figure",
 ]
 
-KIND_TITLES = {"sign": "E[sign(g₁·g₂)]", "cos": "E[cos(g₁, g₂)]"}
 
-
-def overfitting_onset(run: Run) -> int | None:
-    """Step of the minimum validation loss when it rises afterwards (v1 Fig. 2's dashed line)."""
-    losses = run.val_losses()
-    if len(losses) < 3:
-        return None
-    best = min(range(len(losses)), key=lambda i: losses[i][1])
-    if best == len(losses) - 1 or losses[-1][1] <= losses[best][1] * 1.05:
-        return None
-    return losses[best][0]
+def distance_figure(
+    curves: Mapping[str, BinnedCurve],
+    lengths: Mapping[str, CriticalLength] | None = None,
+    *,
+    title: str = "",
+    xlabel: str = "input-space cosine distance 1 − cos(x₁, x₂)",
+) -> Any:
+    """Mean stiffness ± s.e.m. per distance bin, one line per curve, dashed ±1/0 guides
+    (v1 Fig. 9) and a vertical marker per critical length (v3): solid at a measured ξ, dotted
+    and labelled "ξ ≥" at the lower bound of a censored or extrapolated one (no crossing in the data)."""
+    fig = new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for name, curve in curves.items():
+        keep = curve.count > 0
+        x, y, e = curve.centers[keep].numpy(), curve.mean[keep].numpy(), curve.sem[keep].nan_to_num(0).numpy()
+        (line,) = ax.plot(x, y, marker="o", markersize=3, label=name)
+        ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.2)
+    for value in (-1.0, 0.0, 1.0):
+        ax.axhline(value, color="grey", linestyle="--", linewidth=0.8)
+    for name, xi in (lengths or {}).items():
+        at = xi.bound_or_value
+        if math.isfinite(at):
+            style, relation = ("-", "=") if xi.crossed else (":", "≥")
+            ax.axvline(at, color="black", linestyle=style, linewidth=1.0, label=f"ξ {name} {relation} {at:.3f}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("stiffness")
+    ax.set_ylim(-1.05, 1.05)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    # fixed margins: tight_layout measured every text and was 2/3 of this figure's cost (callback images)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.84 if "\n" in title else 0.9)
+    return fig
 
 
 def training_figure(run: Run) -> Any:
     """v1 Fig. 2 / v3 Fig. 3: within, all and between stiffness over training (sign solid,
-    cosine dashed) above the training and validation loss, with the overfitting onset."""
+    cosine dashed) above the training and validation loss, with the overfitting onset. Runs
+    without class statistics (within/between NaN throughout) show the all-pairs lines only."""
     fig = new_figure(6.5, 6.0)
     top, bottom = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2, sharex=None)
     ms = run.measurements
@@ -47,6 +71,8 @@ def training_figure(run: Run) -> Any:
     for kind, style in (("sign", "-"), ("cos", "--")):
         for pairs, color in colors.items():
             y = [getattr(m.summaries[kind]["all"], pairs) for m in ms]
+            if not any(math.isfinite(v) for v in y):
+                continue  # within/between of measurements without class statistics (NaN): no line, no legend entry
             top.plot(
                 x,
                 y,
@@ -80,50 +106,6 @@ def training_figure(run: Run) -> Any:
     bottom.set_xlabel("optimizer step + 1")
     bottom.set_ylabel("loss")
     fig.tight_layout()
-    return fig
-
-
-def pick_steps(ms: Sequence[Measurement], count: int = 4) -> list[int]:
-    """``count`` measured steps spread log-uniformly from the first to the last."""
-    steps = sorted({m.step for m in ms})
-    if len(steps) <= count:
-        return steps
-    targets = torch.logspace(math.log10(steps[0] + 1), math.log10(steps[-1] + 1), count).tolist()
-    chosen: list[int] = []
-    for t in targets:
-        best = min((s for s in steps if s not in chosen), key=lambda s: abs(math.log(s + 1) - math.log(t)))
-        chosen.append(best)
-    return sorted(chosen)
-
-
-def class_matrix_grid(run: Run, kind: str = "sign", steps: Sequence[int] | None = None) -> Any:
-    """v1 Figs 3-7: class stiffness matrices at up to four stages of training, on a fixed
-    [-1, 1] diverging scale; CIFAR-100 style runs are reordered by super-class with borders."""
-    by_step = {m.step: m for m in run.measurements}
-    chosen = [s for s in (steps or pick_steps(run.measurements)) if s in by_step][:4]
-    superclasses = run.info.get("superclasses")
-    fig = new_figure(8.0, 7.0)
-    image = None
-    for k, step in enumerate(chosen):
-        m = by_step[step]
-        matrix = m.class_sign if kind == "sign" else m.class_cos
-        borders: list[int] = []
-        if superclasses:
-            matrix, _, borders = reorder_by_superclass(matrix, superclasses)
-        ax = fig.add_subplot(2, 2, k + 1)
-        image = ax.imshow(matrix.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-        for b in borders:
-            ax.axhline(b - 0.5, color="black", linewidth=0.6)
-            ax.axvline(b - 0.5, color="black", linewidth=0.6)
-        ax.set_title(f"{KIND_TITLES[kind]}, step={step}", fontsize=9)
-        ax.set_xlabel("class 1 (gradient based on it)", fontsize=8)
-        ax.set_ylabel("class 2", fontsize=8)
-    if image is not None:
-        fig.colorbar(image, ax=fig.axes, shrink=0.8)
-    else:
-        wanted = ", ".join(str(s) for s in steps) if steps else "none"
-        no_data_note(fig.add_subplot(1, 1, 1), f"no measurement at the requested steps ({wanted})")
-    fig.suptitle(f"Class stiffness matrices — {run.name}")
     return fig
 
 
@@ -167,21 +149,6 @@ def superclass_figure(run: Run) -> Any:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def at_loss_threshold(run: Run, threshold: float) -> Measurement | None:
-    """The measurement triggered when the smoothed training loss first reached ``threshold``."""
-    tag = f"loss<={threshold:g}"
-    return next((m for m in run.measurements if tag in m.trigger.split("+")), None)
-
-
-def at_epoch_end(run: Run, epoch: int) -> Measurement | None:
-    return next((m for m in run.measurements if "epoch_end" in m.trigger and m.epoch == epoch), None)
-
-
-def loss_thresholds(runs: Sequence[Run]) -> list[float]:
-    values = {float(t) for r in runs for t in r.info.get("callback", {}).get("loss_thresholds", [])}
-    return sorted(values, reverse=True)
 
 
 def lr_between_figure(runs: Sequence[Run], kind: str = "sign") -> Any:
@@ -266,14 +233,6 @@ def lr_critical_length_figure(
         )
     fig.tight_layout()
     return fig
-
-
-def no_data_note(ax: Any, reason: str) -> None:
-    """Write "no data" and why in the middle of an empty panel, so that an empty plot is never
-    read as a flat or missing result."""
-    ax.text(
-        0.5, 0.5, f"no data\n{reason}", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="dimgray"
-    )
 
 
 def thresholds_not_reached(runs: Sequence[Run]) -> str:

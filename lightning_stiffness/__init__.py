@@ -5,7 +5,7 @@ stiffness analytics → render/log, with :class:`StiffnessCallback` orchestratin
 Lightning ``Trainer``.
 """
 
-from lightning_stiffness.analysis import AnalysisConfig, analyze
+from lightning_stiffness.analytics import AnalysisConfig, analyze
 from lightning_stiffness.callback import StiffnessCallback
 from lightning_stiffness.data import PermutedLabels
 from lightning_stiffness.gram import GramResult, per_example_gram, per_example_gram_blocks

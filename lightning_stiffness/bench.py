@@ -321,12 +321,11 @@ def cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def analytics_vs_gram(device: torch.device, n: int, repeats: int) -> str:
-    """Analytics (:func:`~lightning_stiffness.analysis.analyze`) against the Gram they start from,
+    """Analytics (:func:`~lightning_stiffness.analytics.analyze`) against the Gram they start from,
     at the demo's settings: its FC network 784-500-300-100-10, 10 classes, two splits, input
     distances, with bootstrap 0 (the callback's default) and 50 (the demo's). Wall-clock medians
     and, on a CPU, the smallest CPU time."""
-    from lightning_stiffness.analysis import AnalysisConfig, analyze
-    from lightning_stiffness.analytics import input_distances
+    from lightning_stiffness.analytics import AnalysisConfig, analyze, input_distances
     from lightning_stiffness.demo import demo_model
 
     model = demo_model(784).to(device).eval()

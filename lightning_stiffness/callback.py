@@ -2,7 +2,7 @@
 
 The callback only orchestrates: probe (:mod:`~lightning_stiffness.probe`) → Gram
 (:func:`~lightning_stiffness.per_example_gram_blocks`) → analytics
-(:func:`~lightning_stiffness.analysis.analyze`) → save and log (:mod:`~lightning_stiffness.log`).
+(:func:`~lightning_stiffness.analytics.analyze`) → save and log (:mod:`~lightning_stiffness.log`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,26 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from lightning_stiffness.analysis import AnalysisConfig, analyze, analyze_without_classes, scalar_metrics
-from lightning_stiffness.analytics import capture_representations, cosine_distance_matrix, input_distances
+from lightning_stiffness.analytics import (
+    AnalysisConfig,
+    analyze,
+    analyze_without_classes,
+    cosine_distance_matrix,
+    input_distances,
+)
 from lightning_stiffness.gram import GramResult, per_example_gram, select_parameters
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
 from lightning_stiffness.gram.inputs import ProbeBatch
+from lightning_stiffness.gram.representations import capture_representations
 from lightning_stiffness.gram.sharding import is_sharded
-from lightning_stiffness.log import custom_scalars_layout, image_loggers, log_images, log_scalars, tensorboard_writers
+from lightning_stiffness.log import (
+    custom_scalars_layout,
+    image_loggers,
+    log_images,
+    log_scalars,
+    scalar_metrics,
+    tensorboard_writers,
+)
 from lightning_stiffness.measurement import (
     Measurement,
     MeasurementFormatError,

@@ -5,13 +5,13 @@ no-op on ranks other than 0)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from lightning_stiffness.analysis import scalar_metrics
 from lightning_stiffness.measurement import Measurement
 from lightning_stiffness.viz.images import measurement_images
 
@@ -20,9 +20,39 @@ __all__ = [
     "image_loggers",
     "log_images",
     "log_scalars",
+    "scalar_metrics",
     "start_tag",
     "tensorboard_writers",
 ]
+
+
+def scalar_metrics(m: Measurement) -> dict[str, float]:
+    """Flat ``stiffness/...`` scalars of a measurement, as logged to every logger."""
+    out: dict[str, float] = {}
+    for kind, per_pairs in m.summaries.items():
+        for pairs, summary in per_pairs.items():
+            prefix = f"stiffness/{kind}" if pairs == "all" else f"stiffness/{kind}/{pairs}"
+            out[f"{prefix}/within"] = summary.within
+            out[f"{prefix}/between"] = summary.between
+            out[f"{prefix}/all"] = summary.all
+    out["stiffness/m_coherence"] = m.m_coherence
+    out["stiffness/gradient_diversity"] = m.gradient_diversity
+    for key, xi in m.critical_lengths.items():
+        # ξ only when the data cross zero (NaN, hence dropped, otherwise); a censored or extrapolated
+        # estimate logs its lower bound under its own tag, never as ξ
+        out[f"stiffness/critical_length/{key}"] = xi.value
+        if not xi.crossed:
+            out[f"stiffness/critical_length_lower_bound/{key}"] = xi.lower_bound
+    for name, summary in m.layers.items():
+        out[f"stiffness/layer/{name}/cos/within"] = summary.within
+        out[f"stiffness/layer/{name}/cos/between"] = summary.between
+    for kind, stats in m.superclass.items():
+        out[f"stiffness/superclass/{kind}/same"] = stats.same
+        out[f"stiffness/superclass/{kind}/different"] = stats.different
+        out[f"stiffness/superclass/{kind}/difference"] = stats.difference
+        out[f"stiffness/superclass/{kind}/p_value"] = stats.p_value
+    out["stiffness/cost/seconds"] = m.seconds
+    return {k: v for k, v in out.items() if v is not None and not math.isnan(v)}
 
 
 def tensorboard_writers(loggers: Sequence[Logger]) -> list[Any]:

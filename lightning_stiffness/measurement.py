@@ -25,8 +25,17 @@ from typing import IO, Any, TypeVar
 import torch
 from torch import Tensor
 
-from lightning_stiffness.analytics import BinnedCurve, CriticalLength, StiffnessSummary, SuperclassStats
-from lightning_stiffness.analytics.critical_length import CENSORED, EXTRAPOLATED, MEASURED, UNDEFINED
+# the submodules, not the package: the package's analyze builds Measurement records
+from lightning_stiffness.analytics.critical_length import (
+    CENSORED,
+    EXTRAPOLATED,
+    MEASURED,
+    UNDEFINED,
+    BinnedCurve,
+    CriticalLength,
+)
+from lightning_stiffness.analytics.stiffness import StiffnessSummary
+from lightning_stiffness.analytics.superclass import SuperclassStats
 
 __all__ = [
     "FORMAT_VERSION",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from lightning_stiffness.analysis import AnalysisConfig
+from lightning_stiffness.analytics import AnalysisConfig
 from lightning_stiffness.gram.api import METHODS
 from lightning_stiffness.gram.inputs import LossFn
 from lightning_stiffness.probe import BatchAdapter, GroupKey

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,6 @@ from lightning_stiffness.analytics import (
     BinnedCurve,
     StiffnessSummary,
     binned_curve,
-    capture_representations,
     class_stiffness_matrix,
     cosine_distance_matrix,
     cosine_matrix,
@@ -37,6 +37,7 @@ from lightning_stiffness.analytics import (
     zero_crossing_length,
     zero_gradient_mask,
 )
+from lightning_stiffness.gram.representations import capture_representations
 
 nan = math.nan
 
@@ -660,3 +661,28 @@ def test_critical_length_of_a_curve_that_never_crosses_is_not_a_number() -> None
         assert xi.status == ("censored" if method == "zero_crossing" else "extrapolated"), method
         assert 0 < xi.lower_bound <= float(d.max()), method
         assert math.isnan(xi.ci_low) and math.isnan(xi.ci_high), method
+
+
+def test_analytics_is_pure_math_and_old_names_still_resolve() -> None:
+    """The stiffness-math package never calls a model: no module of it imports the Gram engine or
+    torch.nn. The old homes keep working with a DeprecationWarning."""
+    import importlib
+    import pkgutil
+    import sys
+
+    import lightning_stiffness.analytics as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        source = Path(package.__path__[0], f"{info.name}.py").read_text()
+        assert "lightning_stiffness.gram" not in source and "from torch import nn" not in source, info.name
+        assert "call_model" not in source, info.name
+    with pytest.warns(DeprecationWarning, match="gram.representations"):
+        from lightning_stiffness.analytics import capture_representations as old
+    assert old is capture_representations
+    sys.modules.pop("lightning_stiffness.analysis", None)
+    with pytest.warns(DeprecationWarning, match="lightning_stiffness.analysis is deprecated"):
+        shim = importlib.import_module("lightning_stiffness.analysis")
+    from lightning_stiffness.analytics import analyze
+    from lightning_stiffness.log import scalar_metrics
+
+    assert shim.analyze is analyze and shim.scalar_metrics is scalar_metrics

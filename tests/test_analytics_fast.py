@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from lightning_stiffness.analysis import PAIR_KINDS, AnalysisConfig, analyze
 from lightning_stiffness.analytics import (
+    AnalysisConfig,
+    analyze,
     binned_curve,
     critical_length,
     input_distances,
@@ -27,6 +28,7 @@ from lightning_stiffness.analytics.critical_length import (
     _resample_counts,
     _sample_value,
 )
+from lightning_stiffness.analytics.stiffness import PAIR_KINDS
 
 nan = math.nan
 

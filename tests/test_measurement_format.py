@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from lightning_stiffness.analysis import scalar_metrics
 from lightning_stiffness.cli import main as cli_main
+from lightning_stiffness.log import scalar_metrics
 from lightning_stiffness.measurement import (
     FORMAT_VERSION,
     Measurement,

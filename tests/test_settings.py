@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lightning_stiffness import StiffnessCallback
-from lightning_stiffness.analysis import AnalysisConfig
+from lightning_stiffness.analytics import AnalysisConfig
 from lightning_stiffness.settings import (
     DERIVED_ANALYSIS_FIELDS,
     GROUPS,

@@ -167,7 +167,7 @@ def test_block_mean_matches_a_loop() -> None:
 
 
 def _measurement(step: int = 0, trigger: str = "start"):  # type: ignore[no-untyped-def]
-    from lightning_stiffness.analysis import AnalysisConfig, analyze
+    from lightning_stiffness.analytics import AnalysisConfig, analyze
 
     torch.manual_seed(0)
     n, c = 24, 4
@@ -359,7 +359,7 @@ def test_without_pillow_the_images_are_unlabelled_and_say_so_once(monkeypatch: p
 
 def _measurement_without_classes(step: int = 0, trigger: str = "start"):  # type: ignore[no-untyped-def]
     """``analyze_without_classes``: targets that are not class labels, empty (0×0) class matrices."""
-    from lightning_stiffness.analysis import AnalysisConfig, analyze_without_classes
+    from lightning_stiffness.analytics import AnalysisConfig, analyze_without_classes
 
     torch.manual_seed(0)
     n = 20

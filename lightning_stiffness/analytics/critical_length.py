@@ -34,7 +34,8 @@ __all__ = [
     "zero_crossing_length",
 ]
 
-METHODS = ("zero_crossing", "linear_fit")
+#: The two critical-length estimators: v1's first zero crossing of the binned curve, v3's linear fit.
+ESTIMATORS = ("zero_crossing", "linear_fit")
 
 #: ``CriticalLength.status`` values.
 MEASURED = "measured"
@@ -385,8 +386,8 @@ def critical_length(
             extrapolated past the largest distance), dropped otherwise. NaN when the point estimate
             is not measured or every resample was dropped.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown method {method!r}; expected one of {ESTIMATORS}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
     if not 0 < confidence < 1:
@@ -423,8 +424,8 @@ def critical_length_of_pairs(
 ) -> CriticalLength:
     """:func:`critical_length` of pairs already selected (arguments as there; the bootstrap
     resamples the ``pairs.n`` examples)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown method {method!r}; expected one of {ESTIMATORS}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
     if not 0 < confidence < 1:

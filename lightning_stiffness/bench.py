@@ -3,8 +3,8 @@
 Run ``python -m lightning_stiffness.bench`` (``--help`` for options). For every case it prints
 time and peak extra memory of
 
-* ``auto``    — the kernel engine with the per-layer cost model (what users get),
-* ``ghost`` / ``materialize`` — the kernel engine with one exact path forced on every layer,
+* ``auto``    — the hook engine with the per-layer cost model (what users get),
+* ``kernel_trick`` / ``materialize`` — the hook engine with one exact path forced on every layer,
 * ``vmap``    — our tiled ``vmap`` method,
 * ``recipe``  — the torch.func tutorial recipe: ``vmap(grad(functional_call))`` over all N at
   once, flatten, ``J Jᵀ``,
@@ -91,7 +91,7 @@ def mlp_case(n: int, device: torch.device, width: int) -> BenchCase:
     )
 
 
-#: Forced ghost on 32x32 convolutions: T = H·W = 1024 positions, about 10¹³ FLOP at N = 256 (minutes on a
+#: Forced kernel trick on 32x32 convolutions: T = H·W = 1024 positions, about 10¹³ FLOP at N = 256 (minutes on a
 #: CPU); the cost model never takes that path there, so the benchmark does not either.
 GHOST_ON_EARLY_CONVS = "T = 1024 convs, ~1e13 FLOP"
 
@@ -114,7 +114,7 @@ def small_cnn_case(n: int, device: torch.device, channels: tuple[int, int, int] 
         model.to(device),
         torch.randn(n, 3, 32, 32, device=device),
         torch.randint(0, 10, (n,), device=device),
-        skip={"ghost": GHOST_ON_EARLY_CONVS},
+        skip={"kernel_trick": GHOST_ON_EARLY_CONVS},
     )
 
 
@@ -127,7 +127,7 @@ def resnet18_case(n: int, device: torch.device) -> BenchCase:
         model.to(device),
         torch.randn(n, 3, 32, 32, device=device),
         torch.randint(0, 10, (n,), device=device),
-        skip={"ghost": GHOST_ON_EARLY_CONVS},
+        skip={"kernel_trick": GHOST_ON_EARLY_CONVS},
     )
 
 
@@ -221,8 +221,8 @@ def run_case(case: BenchCase, device: torch.device, repeats: int, with_recipe: b
     model.eval()
     methods: dict[str, Callable[[], Tensor | None]] = {
         "auto": lambda: per_example_gram(model, x, y, method="auto"),
-        "ghost": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="ghost"),
-        "materialize": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="materialize"),
+        "kernel_trick": lambda: per_example_gram(model, x, y, method="hooks", layer_path="kernel_trick"),
+        "materialize": lambda: per_example_gram(model, x, y, method="hooks", layer_path="materialize"),
         "vmap": lambda: per_example_gram(model, x, y, method="vmap"),
         "step": lambda: training_step(model, x, y),
     }

@@ -57,7 +57,7 @@ __all__ = [
 #: Version of the on-disk format written by :func:`save_measurement`. A reader loads every file of
 #: its own major version (fields it does not know are set aside with a warning, missing optional
 #: fields take their defaults) and refuses a newer major version.
-FORMAT_VERSION = (2, 0)
+FORMAT_VERSION = (2, 1)
 #: Format of files that carry no ``format_version``: written by lightning-stiffness 0.1.0.
 LEGACY_FORMAT_VERSION = (0, 1)
 #: Keys of the on-disk dict that are not :class:`Measurement` fields.
@@ -121,7 +121,7 @@ class Measurement:
             layer-wise stiffness is on).
         train_loss: smoothed training loss at the time (None if unknown).
         seconds: wall-clock cost of the whole measurement; gram_seconds: of the Gram alone.
-        strategies: exact path taken per parameter (see :class:`~lightning_stiffness.GramResult`).
+        paths: exact path taken per parameter (see :class:`~lightning_stiffness.GramResult`).
         superclass: per kind (``sign``/``cos``), same- vs different-super-class statistics of
             the class matrix (when a super-class map is configured).
         metrics: the trainer's scalar ``callback_metrics`` at the time (e.g. the last ``val_loss``),
@@ -158,7 +158,7 @@ class Measurement:
     train_loss: float | None = None
     seconds: float = math.nan
     gram_seconds: float = math.nan
-    strategies: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
     superclass: dict[str, SuperclassStats] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     class_statistics: bool = True
@@ -191,6 +191,12 @@ class Measurement:
         """ξ of ``kind`` stiffness in ``space`` by ``estimator`` (``zero_crossing``/``linear_fit``).
         Its ``value`` is NaN unless ``status == "measured"``; see :class:`CriticalLength`."""
         return _lookup(self.critical_lengths, result_key(space, kind, estimator), "critical length")
+
+    @property
+    def strategies(self) -> dict[str, str]:
+        """Deprecated name of :attr:`paths` (the word "strategy" now means Lightning strategies only)."""
+        warnings.warn("Measurement.strategies is deprecated: use Measurement.paths", DeprecationWarning, stacklevel=2)
+        return self.paths
 
     def to_dict(self, matrices: str = "all") -> dict[str, Any]:
         """Plain containers of tensors, numbers and strings (safe for ``weights_only`` loading),
@@ -273,6 +279,8 @@ def _from_dict(data: Any, notes: list[str], source: str) -> Measurement:
             raise MeasurementFormatError(f"{source}: malformed 0.1 critical lengths ({error})") from error
     if version >= (2, 0):
         values.update(_derived_matrices(data, values, source))
+    if version < (2, 1):
+        values.update(_legacy_paths(values))
     known = {f.name for f in fields(Measurement)} - {"unknown_fields", "has_matrices"}
     unknown = {k: v for k, v in values.items() if k not in known}
     if unknown:
@@ -345,6 +353,19 @@ def _build(cls: Callable[..., _T], data: dict[str, Any], notes: list[str], sourc
         return cls(**values)
     except ValueError as error:
         raise MeasurementFormatError(f"{source}: {where}: {error}") from error
+
+
+#: Path names before format 2.1: the kernel trick was called "ghost".
+LEGACY_PATH_NAMES = {"ghost": "kernel_trick"}
+
+
+def _legacy_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """Formats before 2.1 stored the per-parameter paths as ``strategies``, with the kernel trick
+    named ``ghost``: read them as ``paths`` with today's names."""
+    old = values.pop("strategies", None)
+    if not isinstance(old, dict):
+        return {}
+    return {"paths": {name: LEGACY_PATH_NAMES.get(path, path) for name, path in old.items()}}
 
 
 def _legacy_critical_lengths(stored: dict[str, dict[str, Any]], values: dict[str, Any]) -> dict[str, dict[str, Any]]:

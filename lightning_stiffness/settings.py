@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from lightning_stiffness.analytics import AnalysisConfig
-from lightning_stiffness.gram.api import METHODS
+from lightning_stiffness.gram.api import METHODS, current_name
 from lightning_stiffness.gram.inputs import LossFn
 from lightning_stiffness.probe import BatchAdapter, GroupKey
 
@@ -121,7 +121,7 @@ class GramSettings:
     """How the per-example-gradient Gram is computed (see :func:`~lightning_stiffness.per_example_gram`).
 
     Args:
-        method: ``"auto"``, ``"kernel"``, ``"vmap"`` or ``"loop"``.
+        method: ``"auto"``, ``"hooks"``, ``"vmap"`` or ``"loop"``.
         params: restrict the gradient to these parameters/modules (names or objects).
         memory_budget: bytes of temporaries for the Gram (default: automatic).
         loss_fn: ``callable(outputs, targets) -> (N,)`` per-example losses (default:
@@ -144,6 +144,7 @@ class GramSettings:
     verify: int = 3
 
     def __post_init__(self) -> None:
+        _set(self, "method", current_name(self.method, "method"))
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.verify < 0:

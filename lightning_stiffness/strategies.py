@@ -28,7 +28,7 @@ from torch import nn
 from lightning_stiffness.gram import GramResult
 from lightning_stiffness.gram.sharding import is_fsdp1_wrapper
 
-__all__ = ["probe_target", "strategy_problem"]
+__all__ = ["call_target", "strategy_problem"]
 
 SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy, FSDPStrategy)
 
@@ -56,7 +56,7 @@ def strategy_problem(strategy: Strategy) -> str | None:
 
 
 @dataclass
-class ProbeTarget:
+class CallTarget:
     """The module the engine calls, and where the measured module sits inside it.
 
     Names inside ``model`` are the measured module's names behind ``prefix`` (``"model."`` for
@@ -91,29 +91,42 @@ class ProbeTarget:
         return replace(
             result,
             blocks={k[cut:] if k.startswith(self.prefix) else k: v for k, v in result.blocks.items()},
-            strategies={k[cut:] if k.startswith(self.prefix) else k: v for k, v in result.strategies.items()},
+            paths={k[cut:] if k.startswith(self.prefix) else k: v for k, v in result.paths.items()},
         )
 
 
 @contextmanager
-def probe_target(
+def call_target(
     trainer: Trainer, pl_module: LightningModule, measured: nn.Module, attr: str | None
-) -> Iterator[ProbeTarget]:
-    """The :class:`ProbeTarget` for this trainer's strategy, valid inside the ``with`` block."""
+) -> Iterator[CallTarget]:
+    """The :class:`CallTarget` for this trainer's strategy, valid inside the ``with`` block."""
     root = trainer.strategy.model if isinstance(trainer.strategy, FSDPStrategy) else None
     if root is None or root is measured or not is_fsdp1_wrapper(root):
-        yield ProbeTarget(measured)
+        yield CallTarget(measured)
         return
     if measured is pl_module:
-        yield ProbeTarget(root)
+        yield CallTarget(root)
         return
     had_own_forward = "forward" in pl_module.__dict__
     own_forward = pl_module.__dict__.get("forward")
     pl_module.forward = measured.__call__  # type: ignore[method-assign]
     try:
-        yield ProbeTarget(root, f"{attr}.", measured)
+        yield CallTarget(root, f"{attr}.", measured)
     finally:
         if had_own_forward:
             pl_module.forward = own_forward  # type: ignore[method-assign,assignment]
         else:
             del pl_module.forward
+
+
+_RENAMED = {"ProbeTarget": "CallTarget", "probe_target": "call_target"}
+
+
+def __getattr__(name: str) -> object:
+    """Old names, from before "probe" meant only the fixed set of measured examples."""
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(f"{__name__}.{name} is deprecated: use {_RENAMED[name]}", FutureWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

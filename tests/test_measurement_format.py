@@ -139,7 +139,9 @@ def _resave(path: Path, edit: Any) -> None:
 
 
 def _as_current(data: dict[str, Any]) -> None:
-    data.update(Measurement.from_dict(dict(data)).to_dict())
+    current = Measurement.from_dict(dict(data)).to_dict()
+    data.clear()
+    data.update(current)
 
 
 def test_newer_minor_version_sets_unknown_fields_aside_with_one_warning(run_copy: Path) -> None:
@@ -180,7 +182,7 @@ def test_missing_optional_fields_take_defaults_and_missing_required_is_named(run
 
     def drop_optional(data: dict[str, Any]) -> None:
         _as_current(data)
-        for name in ("metrics", "superclass", "strategies", "layers", "seconds"):
+        for name in ("metrics", "superclass", "paths", "layers", "seconds"):
             del data[name]
 
     _resave(first, drop_optional)
@@ -334,3 +336,13 @@ def test_unknown_saved_matrices_is_a_damaged_file(run_copy: Path) -> None:
     _resave(first, unknown)
     with pytest.raises(MeasurementFormatError, match="saved_matrices 'half'"):
         load_measurement(first)
+
+
+def test_runs_before_format_2_1_read_strategies_as_paths(run_copy: Path) -> None:
+    """0.1.0 stored the per-parameter paths as ``strategies`` with the kernel trick named
+    ``ghost``: they load as ``paths`` with today's names; the old attribute still answers."""
+    ms = load_measurements(run_copy)
+    assert ms[0].paths and set(ms[0].paths.values()) <= {"kernel_trick", "materialize", "dense"}
+    assert "kernel_trick" in ms[0].paths.values()
+    with pytest.warns(DeprecationWarning, match="use Measurement.paths"):
+        assert ms[0].strategies == ms[0].paths

@@ -201,3 +201,33 @@ def test_architecture_functions_exist() -> None:
 def test_architecture_is_linked() -> None:
     assert "(architecture.md)" in (ROOT / "docs" / "index.md").read_text()
     assert "(docs/architecture.md)" in (ROOT / "README.md").read_text()
+
+
+def test_old_names_of_renamed_words_still_work_with_a_warning() -> None:
+    """docs/architecture.md "One word, one meaning": the old spellings resolve to the new ones."""
+    import torch
+    from torch import nn
+
+    from lightning_stiffness import strategies
+    from lightning_stiffness.gram import api, context, inputs
+
+    for module, old, new in [
+        (inputs, "ProbeBatch", "ExampleBatch"),
+        (context, "probe_mode", "measurement_mode"),
+        (strategies, "ProbeTarget", "CallTarget"),
+        (strategies, "probe_target", "call_target"),
+    ]:
+        with pytest.warns(FutureWarning, match=new):
+            assert getattr(module, old) is getattr(module, new)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])
+    with pytest.warns(FutureWarning, match="method='hooks'"):
+        old_method = api.per_example_gram_blocks(model, x, y, method="kernel")
+    with pytest.warns(FutureWarning, match="layer_path="):
+        old_kwarg = api.per_example_gram(model, x, y, layer_strategy="ghost")
+    new = api.per_example_gram_blocks(model, x, y, method="hooks", layer_path="kernel_trick")
+    assert old_method.method == "hooks"
+    torch.testing.assert_close(old_kwarg, new.gram, rtol=1e-6, atol=1e-7)
+    assert set(new.paths.values()) == {"kernel_trick", "dense"}
+    with pytest.warns(FutureWarning, match="GramResult.paths"):
+        assert new.strategies == new.paths

@@ -1,4 +1,4 @@
-"""Layer rules for the kernel engine; importing this package registers all of them."""
+"""Layer rules for the hook engine; importing this package registers all of them."""
 
 from lightning_stiffness.gram.rules import (  # noqa: F401  (registration)
     attention,

@@ -4,6 +4,7 @@ Run ``python -m lightning_stiffness.bench`` (``--help`` for options). For every 
 time and peak extra memory of
 
 * ``auto``    — the kernel engine with the per-layer cost model (what users get),
+* ``kernel``  — the kernel engine alone (``auto`` may instead run the whole model's ``vmap``),
 * ``ghost`` / ``materialize`` — the kernel engine with one exact path forced on every layer,
 * ``vmap``    — our tiled ``vmap`` method,
 * ``recipe``  — the torch.func tutorial recipe: ``vmap(grad(functional_call))`` over all N at
@@ -218,6 +219,7 @@ def run_case(case: BenchCase, device: torch.device, repeats: int, with_recipe: b
     model.eval()
     methods: dict[str, Callable[[], Tensor | None]] = {
         "auto": lambda: per_example_gram(model, x, y, method="auto"),
+        "kernel": lambda: per_example_gram(model, x, y, method="kernel"),
         "ghost": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="ghost"),
         "materialize": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="materialize"),
         "vmap": lambda: per_example_gram(model, x, y, method="vmap"),
@@ -310,16 +312,88 @@ def main(argv: list[str] | None = None) -> None:
         "--only", nargs="*", help="case keys to run: mlp, cnn, cnn-wide, resnet18, tiny-bert, mlp-8192, bert-base"
     )
     parser.add_argument("--full", action="store_true", help="also the large GPU cases (N=8192 MLP, BERT-base)")
+    parser.add_argument(
+        "--background-load",
+        action="store_true",
+        help="run the MLP case's auto and recipe without and then with a busy background process (also: --only "
+        "mlp-contended) and print the slowdown factors",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {_device_name(device)}, threads {torch.get_num_threads()}")
+    if args.background_load or (args.only and "mlp-contended" in args.only):
+        print(contended_mlp(device, args.repeats), flush=True)
     for key, factory in build_cases(device, args.full):
         if args.only and key not in args.only:
             continue
         case, n, with_recipe = factory()
         results = run_case(case, device, args.repeats, with_recipe)
         print(format_results(case, n, results), flush=True)
+
+
+# --------------------------------------------------------------------------- CPU contention
+
+#: The background load: a training-like loop of float32 matrix products on all cores, ended by
+#: its own deadline even if this process dies.
+BUSY_SCRIPT = (
+    "import time, torch\n"
+    "a = torch.randn(512, 512)\n"
+    "end = time.monotonic() + {seconds}\n"
+    "while time.monotonic() < end:\n"
+    "    a = torch.tanh(a @ a) \n"
+)
+
+
+@contextmanager
+def background_load(seconds: float) -> Iterator[None]:
+    """A busy subprocess (matrix products on all cores, like a second training job or data-loader
+    workers) for at most ``seconds``; killed when the block ends."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_SCRIPT.format(seconds=seconds)])
+    try:
+        time.sleep(1.0)  # let it start and take the cores
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def contended_mlp(device: torch.device, repeats: int) -> str:
+    """The MLP case's ``auto`` and ``recipe`` without, then with, :func:`background_load`, and
+    the slowdown factor ``loaded / idle`` of each; ``auto-nolimit`` is ``auto`` with the thread
+    limit under load switched off (``LIGHTNING_STIFFNESS_GRAM_THREADS=0``)."""
+    case = mlp_case(512, device, 512)
+    model, x, y = case.model.eval(), case.inputs, case.targets
+    methods: dict[str, Callable[[], Tensor | None]] = {
+        "auto": lambda: per_example_gram(model, x, y, method="auto"),
+        "auto-nolimit": lambda: _auto_with_user_threads(model, x, y),
+        "recipe": lambda: torch_func_recipe(model, x, y),
+    }
+    idle = {k: measure(fn, device, repeats).seconds for k, fn in methods.items()}
+    with background_load(seconds=120.0):
+        loaded = {k: measure(fn, device, repeats).seconds for k, fn in methods.items()}
+    lines = [f"\n{case.name}, N=512, without and with a busy background process"]
+    lines.append(f"  {'method':<12}{'idle':>11}{'loaded':>11}{'slowdown':>10}")
+    for k in methods:
+        lines.append(f"  {k:<12}{_ms(idle[k]):>11}{_ms(loaded[k]):>11}{loaded[k] / idle[k]:>9.1f}x")
+    return "\n".join(lines)
+
+
+def _auto_with_user_threads(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    from lightning_stiffness.gram.threads import THREADS_ENV
+
+    before = os.environ.get(THREADS_ENV)
+    os.environ[THREADS_ENV] = "0"
+    try:
+        return per_example_gram(model, x, y, method="auto")
+    finally:
+        if before is None:
+            del os.environ[THREADS_ENV]
+        else:
+            os.environ[THREADS_ENV] = before
 
 
 def _device_name(device: torch.device) -> str:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lightning_stiffness.gram.capture import record_shapes
 from lightning_stiffness.gram.context import probe_mode
-from lightning_stiffness.gram.inputs import LossFn, ProbeBatch
+from lightning_stiffness.gram.cost import AutoPlan, ModelCost, model_cost, plan_auto
+from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, _map_any, call_model
 from lightning_stiffness.gram.kernel import (
     GramAccumulator,
     LayerStrategy,
@@ -21,6 +25,7 @@ from lightning_stiffness.gram.kernel import (
 )
 from lightning_stiffness.gram.reference import loop_rows, vmap_rows
 from lightning_stiffness.gram.sharding import check_not_flat, clean_name, is_sharded
+from lightning_stiffness.gram.threads import gram_threads, limited_threads
 
 __all__ = ["GramResult", "Method", "per_example_gram", "per_example_gram_blocks", "select_parameters", "unwrap_model"]
 
@@ -141,7 +146,8 @@ def per_example_gram_blocks(
     with probe_mode(model, device):
         batch = ProbeBatch.create(inputs, targets).map_tensors(lambda t: t.detach().clone().to(device))
         acc = GramAccumulator(torch.zeros(batch.n, batch.n, dtype=dtype, device=device), keep_blocks=return_blocks)
-        ran = _run(method, model, selected, batch, loss_fn, acc, budget, layer_strategy)
+        with limited_threads(gram_threads(device)):
+            ran = _run(method, model, selected, batch, loss_fn, acc, budget, layer_strategy)
         acc.finish()
     gram = acc.gram
     # a non-finite g_i spoils its whole row and column; its own squared norm G_ii names it
@@ -171,31 +177,138 @@ def _run(
         kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
         return "kernel"
     if method == "auto":
-        try:
-            kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-            return "kernel"
-        except (RuntimeError, TypeError, NotImplementedError) as err:
-            if is_sharded(model, selected.values()):
-                raise  # vmap needs whole parameters; never start it on shards
-            # the capture pass itself failed (e.g. a forward that breaks under hooks): start over
-            acc.gram.zero_()
-            acc.blocks.clear()
-            acc.strategies.clear()
-            warnings.warn(
-                f"per_example_gram: the kernel engine failed ({type(err).__name__}: "
-                f"{str(err).splitlines()[0][:200] if str(err) else ''}); using vmap for the whole model",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        used = rows_gram_with_fallback(model, selected, batch, loss_fn, acc, budget)
-        for name in selected:
-            acc.strategies[name] = used
-        return used
+        return _run_auto(model, selected, batch, loss_fn, acc, budget, layer_strategy)
     rows = (vmap_rows if method == "vmap" else loop_rows)(model, selected, batch, loss_fn)
     add_rows_gram(acc, selected, rows, budget)
     for name in selected:
         acc.strategies[name] = method
     return method
+
+
+def _run_kernel_or_rows(
+    model: nn.Module,
+    selected: dict[str, nn.Parameter],
+    batch: ProbeBatch,
+    loss_fn: LossFn | None,
+    acc: GramAccumulator,
+    budget: float,
+    layer_strategy: LayerStrategy,
+) -> str:
+    """The kernel path; when its capture pass itself fails, the whole Gram by ``vmap`` (then the loop)."""
+    try:
+        kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
+        return "kernel"
+    except (RuntimeError, TypeError, NotImplementedError) as err:
+        if is_sharded(model, selected.values()):
+            raise  # vmap needs whole parameters; never start it on shards
+        _reset(acc)  # the capture pass itself failed (e.g. a forward that breaks under hooks): start over
+        warnings.warn(
+            f"per_example_gram: the kernel engine failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else ''}); using vmap for the whole model",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    used = rows_gram_with_fallback(model, selected, batch, loss_fn, acc, budget)
+    for name in selected:
+        acc.strategies[name] = used
+    return used
+
+
+#: Per model (weakly held): per call signature, the method ``auto`` settled on after timing both.
+_AUTO_CHOICES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
+#: The clock of the one-time trial (a module attribute so tests can replace it).
+_clock: Callable[[], float] = time.perf_counter
+
+
+def _run_auto(
+    model: nn.Module,
+    selected: dict[str, nn.Parameter],
+    batch: ProbeBatch,
+    loss_fn: LossFn | None,
+    acc: GramAccumulator,
+    budget: float,
+    layer_strategy: LayerStrategy,
+) -> str:
+    """``auto``: the kernel path, or the whole model's ``vmap`` where that is the faster exact method.
+
+    Where :func:`~lightning_stiffness.gram.cost.plan_auto` says ``vmap`` may win, the first call
+    with a given model, parameter selection and probe shape runs both methods, returns the kernel
+    path's Gram and remembers the faster one; later calls run only that one (docs/performance.md
+    "How `auto` chooses"). Both are exact, so the choice changes the time, not the Gram."""
+    key = _call_signature(selected, batch, budget, acc.keep_blocks, layer_strategy)
+    choices = _AUTO_CHOICES.setdefault(model, {})
+    if choices.get(key) == "vmap":
+        try:
+            add_rows_gram(acc, selected, vmap_rows(model, selected, batch, loss_fn), budget)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError):
+            choices[key] = "kernel"  # e.g. a model changed in place since the trial
+            _reset(acc)
+        else:
+            for name in selected:
+                acc.strategies[name] = "vmap"
+            return "vmap"
+    if key in choices:
+        return _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
+    plan = "kernel" if layer_strategy != "auto" else _plan(model, selected, batch, budget)
+    start = _clock()
+    ran = _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
+    kernel_seconds = _clock() - start
+    choices[key] = "kernel"
+    if plan == "trial" and ran == "kernel" and "fallback-loop" not in acc.strategies.values():
+        scratch = GramAccumulator(torch.zeros_like(acc.gram), keep_blocks=acc.keep_blocks)
+        start = _clock()
+        try:
+            add_rows_gram(scratch, selected, vmap_rows(model, selected, batch, loss_fn), budget)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError):
+            return ran
+        if _clock() - start < kernel_seconds:
+            choices[key] = "vmap"
+    return ran
+
+
+def _plan(model: nn.Module, selected: dict[str, nn.Parameter], batch: ProbeBatch, budget: float) -> AutoPlan:
+    """:func:`plan_auto` from the shapes of a one-example forward (no gradients)."""
+    if is_sharded(model, selected.values()):
+        return "kernel"
+    cost = _model_cost(model, selected, batch)
+    return plan_auto(cost, budget, sharded=False) if cost is not None else "kernel"
+
+
+def _model_cost(model: nn.Module, selected: dict[str, nn.Parameter], batch: ProbeBatch) -> ModelCost | None:
+    """The whole-model cost estimate, or ``None`` when the one-example forward fails."""
+    owner: dict[int, str] = {}
+    modules: dict[str, nn.Module] = {}
+    for mname, module in model.named_modules():
+        for p in module._parameters.values():
+            if p is not None and id(p) not in owner:
+                owner[id(p)] = mname
+                modules[mname] = module
+    numels: dict[str, int] = {}
+    for p in selected.values():
+        name = owner.get(id(p), "")
+        numels[name] = numels.get(name, 0) + p.numel()
+    traced = {k: m for k, m in modules.items() if k in numels}
+    try:
+        with torch.no_grad(), record_shapes(traced) as shapes:
+            call_model(model, batch.rows(0, 1).inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError):
+        return None
+    return model_cost(traced, shapes, numels, batch.n)
+
+
+def _call_signature(
+    selected: dict[str, nn.Parameter], batch: ProbeBatch, budget: float, blocks: bool, layer_strategy: str
+) -> tuple[Any, ...]:
+    """What the cost of a call depends on besides the model: parameters, probe shapes, settings."""
+    shapes = repr(_map_any(batch.inputs, lambda t: (tuple(t.shape), t.dtype, t.device)))
+    params = tuple((k, tuple(p.shape), p.dtype) for k, p in selected.items())
+    return params, shapes, tuple(batch.targets.shape), budget, blocks, layer_strategy
+
+
+def _reset(acc: GramAccumulator) -> None:
+    acc.gram.zero_()
+    acc.blocks.clear()
+    acc.strategies.clear()
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -83,7 +83,10 @@ def per_example_gram(
             ``"vmap"`` (torch.func), ``"loop"`` (one backward per example, the reference) or
             ``"auto"``. ``kernel`` and ``auto`` both send parameters no layer rule covers to an exact
             ``vmap``/``loop`` fallback; ``auto`` also redoes the whole Gram with ``vmap`` (then
-            ``loop``) when the capture pass itself fails, where ``kernel`` raises.
+            ``loop``) when the capture pass itself fails, where ``kernel`` raises, and runs the whole
+            model's ``vmap`` instead of the kernel engine where that was timed faster (a one-time
+            trial per model and probe shape, only when the kernel trick saves less than half the
+            FLOPs, ``J`` fits ``memory_budget`` and the model is not sharded).
         params: restrict to these parameters: names (parameter or module names), Parameters
             or Modules. Default: every parameter with ``requires_grad=True``.
         memory_budget: bytes of temporaries allowed for tiling (default: half the free CUDA
@@ -214,10 +217,18 @@ def _run_kernel_or_rows(
     return used
 
 
-#: Per model (weakly held): per call signature, the method ``auto`` settled on after timing both.
-_AUTO_CHOICES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
-#: The clock of the one-time trial (a module attribute so tests can replace it).
-_clock: Callable[[], float] = time.perf_counter
+@dataclass
+class _Trial:
+    """A decision in progress: seconds of the kernel path's run, once it has run."""
+
+    kernel_seconds: float | None = None
+
+
+#: Per model (weakly held): per call signature, the method ``auto`` settled on, or its trial.
+_AUTO_CHOICES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str | _Trial]] = weakref.WeakKeyDictionary()
+#: The trial's clock: CPU seconds of this process, less sensitive than wall time to other
+#: processes on the machine (a module attribute so tests can replace it).
+_clock: Callable[[], float] = time.process_time
 
 
 def _run_auto(
@@ -232,38 +243,38 @@ def _run_auto(
     """``auto``: the kernel path, or the whole model's ``vmap`` where that is the faster exact method.
 
     Where :func:`~lightning_stiffness.gram.cost.plan_auto` says ``vmap`` may win, the first call
-    with a given model, parameter selection and probe shape runs both methods, returns the kernel
-    path's Gram and remembers the faster one; later calls run only that one (docs/performance.md
-    "How `auto` chooses"). Both are exact, so the choice changes the time, not the Gram."""
+    with a given model, parameter selection and probe shape runs the kernel path, the second the
+    whole model's ``vmap``, both timed; later calls run the faster (docs/performance.md "How
+    `auto` chooses"). Every call computes one Gram by one exact method, so the trial costs no
+    extra work, and the choice changes the time, not the Gram."""
     key = _call_signature(selected, batch, budget, acc.keep_blocks, layer_strategy)
     choices = _AUTO_CHOICES.setdefault(model, {})
-    if choices.get(key) == "vmap":
-        try:
-            add_rows_gram(acc, selected, vmap_rows(model, selected, batch, loss_fn), budget)
-        except (RuntimeError, ValueError, TypeError, NotImplementedError):
-            choices[key] = "kernel"  # e.g. a model changed in place since the trial
-            _reset(acc)
-        else:
-            for name in selected:
-                acc.strategies[name] = "vmap"
-            return "vmap"
-    if key in choices:
+    state = choices.get(key)
+    if state is None:
+        plan = "kernel" if layer_strategy != "auto" else _plan(model, selected, batch, budget)
+        state = choices[key] = _Trial() if plan == "trial" else "kernel"
+    if state == "kernel":
         return _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-    plan = "kernel" if layer_strategy != "auto" else _plan(model, selected, batch, budget)
-    start = _clock()
-    ran = _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-    kernel_seconds = _clock() - start
-    choices[key] = "kernel"
-    if plan == "trial" and ran == "kernel" and "fallback-loop" not in acc.strategies.values():
-        scratch = GramAccumulator(torch.zeros_like(acc.gram), keep_blocks=acc.keep_blocks)
+    if isinstance(state, _Trial) and state.kernel_seconds is None:
         start = _clock()
-        try:
-            add_rows_gram(scratch, selected, vmap_rows(model, selected, batch, loss_fn), budget)
-        except (RuntimeError, ValueError, TypeError, NotImplementedError):
-            return ran
-        if _clock() - start < kernel_seconds:
-            choices[key] = "vmap"
-    return ran
+        ran = _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
+        state.kernel_seconds = _clock() - start
+        if ran != "kernel" or "fallback-loop" in acc.strategies.values():
+            choices[key] = "kernel"  # the kernel path needed the loop: vmap cannot run this model
+        return ran
+    start = _clock()
+    try:
+        add_rows_gram(acc, selected, vmap_rows(model, selected, batch, loss_fn), budget)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError):
+        choices[key] = "kernel"  # vmap cannot run this model (or no longer can)
+        _reset(acc)
+        return _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
+    if isinstance(state, _Trial):
+        assert state.kernel_seconds is not None
+        choices[key] = "vmap" if _clock() - start < state.kernel_seconds else "kernel"
+    for name in selected:
+        acc.strategies[name] = "vmap"
+    return "vmap"
 
 
 def _plan(model: nn.Module, selected: dict[str, nn.Parameter], batch: ProbeBatch, budget: float) -> AutoPlan:

@@ -38,13 +38,12 @@ def float64_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Te
 
 
 class FakeClock:
-    """Each reading advances by the next of ``steps``: the second and fourth readings end the
-    trial's kernel run (first call) and vmap run (second call), so ``steps`` decide which one
-    looked faster."""
+    """Each reading advances by the next of ``steps``: a trial call reads the clock before and
+    after its run, and the calls alternate kernel, vmap, so ``steps`` decide which looked faster."""
 
     def __init__(self, kernel_seconds: float, vmap_seconds: float) -> None:
         self.now = 0.0
-        self.steps = iter([0.0, kernel_seconds, 0.0, vmap_seconds])
+        self.steps = iter([0.0, kernel_seconds, 0.0, vmap_seconds] * api.TRIAL_RUNS)
 
     def __call__(self) -> float:
         self.now += next(self.steps, 0.0)
@@ -83,13 +82,11 @@ def test_auto_takes_vmap_where_it_was_faster_and_stays_exact(
     model, x, y = conv_net(), torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
     reference = float64_loop(model, x, y)
     monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
-    first = per_example_gram_blocks(model, x, y, method="auto")
-    assert first.method == "kernel"  # the trial: kernel first, then vmap
-    second = per_example_gram_blocks(model, x, y, method="auto")
-    assert second.method == "vmap"
+    trial = [per_example_gram_blocks(model, x, y, method="auto") for _ in range(api.TRIAL_CALLS)]
+    assert [r.method for r in trial] == ["kernel", "vmap"] * api.TRIAL_RUNS
     third = per_example_gram_blocks(model, x, y, method="auto")
     assert third.method == "vmap" and set(third.strategies.values()) == {"vmap"}
-    for result in (first, second, third):
+    for result in [*trial, third]:
         assert rel_err(result.gram, reference) < 1e-5
     block_sum = sum(third.blocks.values())
     assert isinstance(block_sum, torch.Tensor) and rel_err(block_sum, reference) < 1e-5
@@ -101,8 +98,8 @@ def test_auto_keeps_the_kernel_where_it_was_faster(trial_everywhere: None, monke
     torch.manual_seed(1)
     model, x, y = conv_net(), torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
     monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=1.0, vmap_seconds=2.0))
-    methods = [per_example_gram_blocks(model, x, y, method="auto").method for _ in range(2)]
-    assert methods == ["kernel", "vmap"]  # the trial
+    methods = [per_example_gram_blocks(model, x, y, method="auto").method for _ in range(api.TRIAL_CALLS)]
+    assert methods == ["kernel", "vmap"] * api.TRIAL_RUNS  # the trial
     again = per_example_gram_blocks(model, x, y, method="auto")
     assert again.method == "kernel" and rel_err(again.gram, float64_loop(model, x, y)) < 1e-5
 

@@ -6,7 +6,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -217,11 +217,29 @@ def _run_kernel_or_rows(
     return used
 
 
+#: Timed runs of each method in ``auto``'s trial; the first of each is cold (one-time costs).
+TRIAL_RUNS = 2
+#: Calls that make up the trial: kernel, vmap, kernel, vmap.
+TRIAL_CALLS = 2 * TRIAL_RUNS
+
+
 @dataclass
 class _Trial:
-    """A decision in progress: seconds of the kernel path's run, once it has run."""
+    """A decision in progress: CPU seconds of each method's runs so far."""
 
-    kernel_seconds: float | None = None
+    kernel: list[float] = field(default_factory=list)
+    vmap: list[float] = field(default_factory=list)
+
+    def next_method(self) -> str:
+        return "kernel" if len(self.kernel) <= len(self.vmap) else "vmap"
+
+    def add(self, method: str, seconds: float) -> str | _Trial:
+        """Record a run; the decision once both methods ran :data:`TRIAL_RUNS` times (fastest
+        run against fastest run, so one slow first run does not decide), else the trial."""
+        (self.kernel if method == "kernel" else self.vmap).append(seconds)
+        if len(self.vmap) < TRIAL_RUNS:
+            return self
+        return "vmap" if min(self.vmap) < min(self.kernel) else "kernel"
 
 
 #: Per model (weakly held): per call signature, the method ``auto`` settled on, or its trial.
@@ -243,10 +261,10 @@ def _run_auto(
     """``auto``: the kernel path, or the whole model's ``vmap`` where that is the faster exact method.
 
     Where :func:`~lightning_stiffness.gram.cost.plan_auto` says ``vmap`` may win, the first call
-    with a given model, parameter selection and probe shape runs the kernel path, the second the
-    whole model's ``vmap``, both timed; later calls run the faster (docs/performance.md "How
-    `auto` chooses"). Every call computes one Gram by one exact method, so the trial costs no
-    extra work, and the choice changes the time, not the Gram."""
+    calls with a given model, parameter selection and probe shape alternate between the kernel
+    path and the whole model's ``vmap`` (:data:`TRIAL_CALLS` calls, each timed); later calls run
+    the faster (docs/performance.md "How `auto` chooses"). Every call computes one Gram by one
+    exact method, so the trial costs no extra work, and the choice changes the time, not the Gram."""
     key = _call_signature(selected, batch, budget, acc.keep_blocks, layer_strategy)
     choices = _AUTO_CHOICES.setdefault(model, {})
     state = choices.get(key)
@@ -255,10 +273,10 @@ def _run_auto(
         state = choices[key] = _Trial() if plan == "trial" else "kernel"
     if state == "kernel":
         return _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-    if isinstance(state, _Trial) and state.kernel_seconds is None:
+    if isinstance(state, _Trial) and state.next_method() == "kernel":
         start = _clock()
         ran = _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-        state.kernel_seconds = _clock() - start
+        choices[key] = state.add("kernel", _clock() - start)
         if ran != "kernel" or "fallback-loop" in acc.strategies.values():
             choices[key] = "kernel"  # the kernel path needed the loop: vmap cannot run this model
         return ran
@@ -270,8 +288,7 @@ def _run_auto(
         _reset(acc)
         return _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
     if isinstance(state, _Trial):
-        assert state.kernel_seconds is not None
-        choices[key] = "vmap" if _clock() - start < state.kernel_seconds else "kernel"
+        choices[key] = state.add("vmap", _clock() - start)
     for name in selected:
         acc.strategies[name] = "vmap"
     return "vmap"

@@ -260,7 +260,7 @@ def _run_auto(
 ) -> str:
     """``auto``: the kernel path, or the whole model's ``vmap`` where that is the faster exact method.
 
-    Where :func:`~lightning_stiffness.gram.cost.plan_auto` says ``vmap`` may win, the first call
+    Where :func:`~lightning_stiffness.gram.cost.plan_auto` says ``vmap`` may win, the first
     calls with a given model, parameter selection and probe shape alternate between the kernel
     path and the whole model's ``vmap`` (:data:`TRIAL_CALLS` calls, each timed); later calls run
     the faster (docs/performance.md "How `auto` chooses"). Every call computes one Gram by one

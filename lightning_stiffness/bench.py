@@ -131,7 +131,7 @@ def small_cnn_case(n: int, device: torch.device, channels: tuple[int, int, int] 
         model.to(device),
         torch.randn(n, 3, 32, 32, device=device),
         torch.randint(0, 10, (n,), device=device),
-        skip={"ghost": GHOST_ON_EARLY_CONVS},
+        skip={"kernel_trick": GHOST_ON_EARLY_CONVS},
     )
 
 
@@ -144,7 +144,7 @@ def resnet18_case(n: int, device: torch.device) -> BenchCase:
         model.to(device),
         torch.randn(n, 3, 32, 32, device=device),
         torch.randint(0, 10, (n,), device=device),
-        skip={"ghost": GHOST_ON_EARLY_CONVS},
+        skip={"kernel_trick": GHOST_ON_EARLY_CONVS},
     )
 
 
@@ -238,9 +238,9 @@ def run_case(case: BenchCase, device: torch.device, repeats: int, with_recipe: b
     model.eval()
     methods: dict[str, Callable[[], Tensor | None]] = {
         "auto": after_auto_trial(lambda: per_example_gram(model, x, y, method="auto")),
-        "kernel": lambda: per_example_gram(model, x, y, method="kernel"),
-        "ghost": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="ghost"),
-        "materialize": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="materialize"),
+        "hooks": lambda: per_example_gram(model, x, y, method="hooks"),
+        "kernel_trick": lambda: per_example_gram(model, x, y, method="hooks", layer_path="kernel_trick"),
+        "materialize": lambda: per_example_gram(model, x, y, method="hooks", layer_path="materialize"),
         "vmap": lambda: per_example_gram(model, x, y, method="vmap"),
         "step": lambda: training_step(model, x, y),
     }

@@ -69,10 +69,10 @@ def test_model_cost_of_a_linear_layer_from_shapes() -> None:
 def test_plan_never_trials_vmap_for_sharded_or_oversized_models() -> None:
     close = ModelCost(kernel_flops=9e9, vmap_flops=1e10, jacobian_bytes=1e6)
     assert plan_auto(close, BUDGET, sharded=False) == "trial"
-    assert plan_auto(close, BUDGET, sharded=True) == "kernel"
-    assert plan_auto(ModelCost(9e9, 1e10, jacobian_bytes=0.6 * BUDGET), BUDGET, sharded=False) == "kernel"
-    assert plan_auto(ModelCost(1e9, 1e10, jacobian_bytes=1e6), BUDGET, sharded=False) == "kernel"  # 90% saved
-    assert plan_auto(ModelCost(9.0, 10.0, jacobian_bytes=1e6), BUDGET, sharded=False) == "kernel"  # tiny work
+    assert plan_auto(close, BUDGET, sharded=True) == "hooks"
+    assert plan_auto(ModelCost(9e9, 1e10, jacobian_bytes=0.6 * BUDGET), BUDGET, sharded=False) == "hooks"
+    assert plan_auto(ModelCost(1e9, 1e10, jacobian_bytes=1e6), BUDGET, sharded=False) == "hooks"  # 90% saved
+    assert plan_auto(ModelCost(9.0, 10.0, jacobian_bytes=1e6), BUDGET, sharded=False) == "hooks"  # tiny work
 
 
 def test_auto_takes_vmap_where_it_was_faster_and_stays_exact(
@@ -83,15 +83,15 @@ def test_auto_takes_vmap_where_it_was_faster_and_stays_exact(
     reference = float64_loop(model, x, y)
     monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
     trial = [per_example_gram_blocks(model, x, y, method="auto") for _ in range(api.TRIAL_CALLS)]
-    assert [r.method for r in trial] == ["kernel", "vmap"] * api.TRIAL_RUNS
+    assert [r.method for r in trial] == ["hooks", "vmap"] * api.TRIAL_RUNS
     third = per_example_gram_blocks(model, x, y, method="auto")
-    assert third.method == "vmap" and set(third.strategies.values()) == {"vmap"}
+    assert third.method == "vmap" and set(third.paths.values()) == {"vmap"}
     for result in [*trial, third]:
         assert rel_err(result.gram, reference) < 1e-5
     block_sum = sum(third.blocks.values())
     assert isinstance(block_sum, torch.Tensor) and rel_err(block_sum, reference) < 1e-5
     # another probe size is another decision: a fresh trial, kernel first
-    assert per_example_gram_blocks(model, x[:5], y[:5], method="auto").method == "kernel"
+    assert per_example_gram_blocks(model, x[:5], y[:5], method="auto").method == "hooks"
 
 
 def test_auto_keeps_the_kernel_where_it_was_faster(trial_everywhere: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,9 +99,9 @@ def test_auto_keeps_the_kernel_where_it_was_faster(trial_everywhere: None, monke
     model, x, y = conv_net(), torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
     monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=1.0, vmap_seconds=2.0))
     methods = [per_example_gram_blocks(model, x, y, method="auto").method for _ in range(api.TRIAL_CALLS)]
-    assert methods == ["kernel", "vmap"] * api.TRIAL_RUNS  # the trial
+    assert methods == ["hooks", "vmap"] * api.TRIAL_RUNS  # the trial
     again = per_example_gram_blocks(model, x, y, method="auto")
-    assert again.method == "kernel" and rel_err(again.gram, float64_loop(model, x, y)) < 1e-5
+    assert again.method == "hooks" and rel_err(again.gram, float64_loop(model, x, y)) < 1e-5
 
 
 def test_auto_never_trials_vmap_where_the_kernel_trick_saves_most(
@@ -113,7 +113,7 @@ def test_auto_never_trials_vmap_where_the_kernel_trick_saves_most(
     monkeypatch.setattr(api, "_clock", clock)
     for _ in range(2):
         result = per_example_gram_blocks(model, x, y, method="auto")
-        assert result.method == "kernel"
+        assert result.method == "hooks"
     assert clock.now == 0.0  # nothing was timed
 
 
@@ -124,7 +124,7 @@ def test_auto_never_runs_vmap_on_sharded_models(trial_everywhere: None, monkeypa
     monkeypatch.setattr(api, "vmap_rows", lambda *_: pytest.fail("vmap started on a sharded model"))
     monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
     for _ in range(3):
-        assert per_example_gram_blocks(model, x, y, method="auto").method == "kernel"
+        assert per_example_gram_blocks(model, x, y, method="auto").method == "hooks"
 
 
 def test_forced_layer_strategy_keeps_auto_on_the_kernel(
@@ -134,9 +134,9 @@ def test_forced_layer_strategy_keeps_auto_on_the_kernel(
     model, x, y = conv_net(), torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
     monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
     for _ in range(3):
-        result = per_example_gram_blocks(model, x, y, method="auto", layer_strategy="materialize")
-        assert result.method == "kernel" and "materialize" in result.strategies.values()
-        assert "vmap" not in result.strategies.values()
+        result = per_example_gram_blocks(model, x, y, method="auto", layer_path="materialize")
+        assert result.method == "hooks" and "materialize" in result.paths.values()
+        assert "vmap" not in result.paths.values()
 
 
 # --------------------------------------------------------------------------- threads

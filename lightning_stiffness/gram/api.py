@@ -13,24 +13,24 @@ import torch
 from torch import Tensor, nn
 
 from lightning_stiffness.gram.capture import record_shapes
-from lightning_stiffness.gram.context import probe_mode
+from lightning_stiffness.gram.context import measurement_mode
 from lightning_stiffness.gram.cost import AutoPlan, ModelCost, model_cost, plan_auto
-from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, _map_any, call_model
-from lightning_stiffness.gram.kernel import (
+from lightning_stiffness.gram.hooks import (
     GramAccumulator,
-    LayerStrategy,
+    LayerPath,
     add_rows_gram,
-    kernel_gram,
+    hooks_gram,
     rows_gram_with_fallback,
 )
+from lightning_stiffness.gram.inputs import ExampleBatch, LossFn, _map_any, call_model
 from lightning_stiffness.gram.reference import loop_rows, vmap_rows
 from lightning_stiffness.gram.sharding import check_not_flat, clean_name, is_sharded
 from lightning_stiffness.gram.threads import gram_threads, limited_threads
 
 __all__ = ["GramResult", "Method", "per_example_gram", "per_example_gram_blocks", "select_parameters", "unwrap_model"]
 
-Method = Literal["auto", "kernel", "vmap", "loop"]
-METHODS = ("auto", "kernel", "vmap", "loop")
+Method = Literal["auto", "hooks", "vmap", "loop"]
+METHODS = ("auto", "hooks", "vmap", "loop")
 
 #: Default temporary-memory budget on the CPU (bytes); on CUDA half the free memory is used.
 CPU_MEMORY_BUDGET = 4 * 2**30
@@ -43,7 +43,7 @@ class GramResult:
     Attributes:
         gram: ``(N, N)`` symmetric matrix, float32 (float64 for float64 models).
         blocks: per owning module, ``G = Σ_blocks blocks[name]`` (empty unless requested).
-        strategies: per parameter, the exact path taken: ``ghost`` (kernel trick),
+        paths: per parameter, the exact path taken: ``ghost`` (kernel trick),
             ``materialize``, ``dense`` (small per-example gradients), ``unused`` (no path to the
             loss: zero gradient), ``fallback-vmap``, ``fallback-loop``, ``vmap`` or ``loop``.
         method: the method that ran (``kernel``, ``vmap`` or ``loop``).
@@ -52,7 +52,7 @@ class GramResult:
 
     gram: Tensor
     blocks: dict[str, Tensor]
-    strategies: dict[str, str]
+    paths: dict[str, str]
     method: str
     nonfinite_examples: int
 
@@ -66,7 +66,7 @@ def per_example_gram(
     method: Method = "auto",
     params: Any = None,
     memory_budget: float | None = None,
-    layer_strategy: LayerStrategy = "auto",
+    layer_path: LayerPath = "auto",
 ) -> Tensor:
     """Exact Gram matrix of per-example loss gradients, ``G[i, j] = g_i · g_j`` with
     ``g_i = ∇_W loss(f_W(x_i), y_i)`` (Fort et al. 2019, Eq. 1-4).
@@ -79,7 +79,7 @@ def per_example_gram(
         targets: ``(N, ...)`` targets passed to ``loss_fn``.
         loss_fn: ``callable(outputs, targets) -> (N,)`` per-example losses. Default:
             cross-entropy on logits (``outputs`` or ``outputs.logits``).
-        method: ``"kernel"`` (hooks + per-layer kernel trick or materialised gradients),
+        method: ``"hooks"`` (hooks + per-layer kernel trick or materialised gradients),
             ``"vmap"`` (torch.func), ``"loop"`` (one backward per example, the reference) or
             ``"auto"``. ``kernel`` and ``auto`` both send parameters no layer rule covers to an exact
             ``vmap``/``loop`` fallback; ``auto`` also redoes the whole Gram with ``vmap`` (then
@@ -91,7 +91,7 @@ def per_example_gram(
             or Modules. Default: every parameter with ``requires_grad=True``.
         memory_budget: bytes of temporaries allowed for tiling (default: half the free CUDA
             memory, or 4 GiB on the CPU).
-        layer_strategy: force ``"ghost"`` or ``"materialize"`` for every Kronecker layer
+        layer_path: force ``"kernel_trick"`` or ``"materialize"`` for every Kronecker layer
             (tests and benchmarks); ``"auto"`` uses the cost model.
 
     Returns:
@@ -115,7 +115,7 @@ def per_example_gram(
         method=method,
         params=params,
         memory_budget=memory_budget,
-        layer_strategy=layer_strategy,
+        layer_path=layer_path,
         return_blocks=False,
     ).gram
 
@@ -129,15 +129,15 @@ def per_example_gram_blocks(
     method: Method = "auto",
     params: Any = None,
     memory_budget: float | None = None,
-    layer_strategy: LayerStrategy = "auto",
+    layer_path: LayerPath = "auto",
     return_blocks: bool = True,
 ) -> GramResult:
     """Like :func:`per_example_gram`, also returning one Gram per module that owns parameters
     (``G = Σ_layer G_layer``, for layer-wise stiffness) and the path taken per parameter."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if layer_strategy not in ("auto", "ghost", "materialize"):
-        raise ValueError(f"layer_strategy must be 'auto', 'ghost' or 'materialize', got {layer_strategy!r}")
+    if layer_path not in ("auto", "kernel_trick", "materialize"):
+        raise ValueError(f"layer_path must be 'auto', 'kernel_trick' or 'materialize', got {layer_path!r}")
     model = unwrap_model(model)
     selected = select_parameters(model, params)
     check_example_independence(model)
@@ -146,11 +146,11 @@ def per_example_gram_blocks(
     dtype = torch.float64 if any(p.dtype == torch.float64 for p in selected.values()) else torch.float32
     budget = float(memory_budget) if memory_budget is not None else default_memory_budget(device)
 
-    with probe_mode(model, device):
-        batch = ProbeBatch.create(inputs, targets).map_tensors(lambda t: t.detach().clone().to(device))
+    with measurement_mode(model, device):
+        batch = ExampleBatch.create(inputs, targets).map_tensors(lambda t: t.detach().clone().to(device))
         acc = GramAccumulator(torch.zeros(batch.n, batch.n, dtype=dtype, device=device), keep_blocks=return_blocks)
         with limited_threads(gram_threads(device)):
-            ran = _run(method, model, selected, batch, loss_fn, acc, budget, layer_strategy)
+            ran = _run(method, model, selected, batch, loss_fn, acc, budget, layer_path)
         acc.finish()
     gram = acc.gram
     # a non-finite g_i spoils its whole row and column; its own squared norm G_ii names it
@@ -163,44 +163,44 @@ def per_example_gram_blocks(
             RuntimeWarning,
             stacklevel=2,
         )
-    return GramResult(gram, acc.blocks, acc.strategies, ran, nonfinite)
+    return GramResult(gram, acc.blocks, acc.paths, ran, nonfinite)
 
 
 def _run(
     method: str,
     model: nn.Module,
     selected: dict[str, nn.Parameter],
-    batch: ProbeBatch,
+    batch: ExampleBatch,
     loss_fn: LossFn | None,
     acc: GramAccumulator,
     budget: float,
-    layer_strategy: LayerStrategy,
+    layer_path: LayerPath,
 ) -> str:
-    if method == "kernel":
-        kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-        return "kernel"
+    if method == "hooks":
+        hooks_gram(model, selected, batch, loss_fn, acc, budget, layer_path)
+        return "hooks"
     if method == "auto":
-        return _run_auto(model, selected, batch, loss_fn, acc, budget, layer_strategy)
+        return _run_auto(model, selected, batch, loss_fn, acc, budget, layer_path)
     rows = (vmap_rows if method == "vmap" else loop_rows)(model, selected, batch, loss_fn)
     add_rows_gram(acc, selected, rows, budget)
     for name in selected:
-        acc.strategies[name] = method
+        acc.paths[name] = method
     return method
 
 
 def _run_kernel_or_rows(
     model: nn.Module,
     selected: dict[str, nn.Parameter],
-    batch: ProbeBatch,
+    batch: ExampleBatch,
     loss_fn: LossFn | None,
     acc: GramAccumulator,
     budget: float,
-    layer_strategy: LayerStrategy,
+    layer_path: LayerPath,
 ) -> str:
     """The kernel path; when its capture pass itself fails, the whole Gram by ``vmap`` (then the loop)."""
     try:
-        kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-        return "kernel"
+        hooks_gram(model, selected, batch, loss_fn, acc, budget, layer_path)
+        return "hooks"
     except (RuntimeError, TypeError, NotImplementedError) as err:
         if is_sharded(model, selected.values()):
             raise  # vmap needs whole parameters; never start it on shards
@@ -213,7 +213,7 @@ def _run_kernel_or_rows(
         )
     used = rows_gram_with_fallback(model, selected, batch, loss_fn, acc, budget)
     for name in selected:
-        acc.strategies[name] = used
+        acc.paths[name] = used
     return used
 
 
@@ -231,15 +231,15 @@ class _Trial:
     vmap: list[float] = field(default_factory=list)
 
     def next_method(self) -> str:
-        return "kernel" if len(self.kernel) <= len(self.vmap) else "vmap"
+        return "hooks" if len(self.kernel) <= len(self.vmap) else "vmap"
 
     def add(self, method: str, seconds: float) -> str | _Trial:
         """Record a run; the decision once both methods ran :data:`TRIAL_RUNS` times (fastest
         run against fastest run, so one slow first run does not decide), else the trial."""
-        (self.kernel if method == "kernel" else self.vmap).append(seconds)
+        (self.kernel if method == "hooks" else self.vmap).append(seconds)
         if len(self.vmap) < TRIAL_RUNS:
             return self
-        return "vmap" if min(self.vmap) < min(self.kernel) else "kernel"
+        return "vmap" if min(self.vmap) < min(self.kernel) else "hooks"
 
 
 #: Per model (weakly held): per call signature, the method ``auto`` settled on, or its trial.
@@ -252,11 +252,11 @@ _clock: Callable[[], float] = time.process_time
 def _run_auto(
     model: nn.Module,
     selected: dict[str, nn.Parameter],
-    batch: ProbeBatch,
+    batch: ExampleBatch,
     loss_fn: LossFn | None,
     acc: GramAccumulator,
     budget: float,
-    layer_strategy: LayerStrategy,
+    layer_path: LayerPath,
 ) -> str:
     """``auto``: the kernel path, or the whole model's ``vmap`` where that is the faster exact method.
 
@@ -265,44 +265,44 @@ def _run_auto(
     path and the whole model's ``vmap`` (:data:`TRIAL_CALLS` calls, each timed); later calls run
     the faster (docs/performance.md "How `auto` chooses"). Every call computes one Gram by one
     exact method, so the trial costs no extra work, and the choice changes the time, not the Gram."""
-    key = _call_signature(selected, batch, budget, acc.keep_blocks, layer_strategy)
+    key = _call_signature(selected, batch, budget, acc.keep_blocks, layer_path)
     choices = _AUTO_CHOICES.setdefault(model, {})
     state = choices.get(key)
     if state is None:
-        plan = "kernel" if layer_strategy != "auto" else _plan(model, selected, batch, budget)
-        state = choices[key] = _Trial() if plan == "trial" else "kernel"
-    if state == "kernel":
-        return _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-    if isinstance(state, _Trial) and state.next_method() == "kernel":
+        plan = "hooks" if layer_path != "auto" else _plan(model, selected, batch, budget)
+        state = choices[key] = _Trial() if plan == "trial" else "hooks"
+    if state == "hooks":
+        return _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_path)
+    if isinstance(state, _Trial) and state.next_method() == "hooks":
         start = _clock()
-        ran = _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-        choices[key] = state.add("kernel", _clock() - start)
-        if ran != "kernel" or "fallback-loop" in acc.strategies.values():
-            choices[key] = "kernel"  # the kernel path needed the loop: vmap cannot run this model
+        ran = _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_path)
+        choices[key] = state.add("hooks", _clock() - start)
+        if ran != "hooks" or "fallback-loop" in acc.paths.values():
+            choices[key] = "hooks"  # the kernel path needed the loop: vmap cannot run this model
         return ran
     start = _clock()
     try:
         add_rows_gram(acc, selected, vmap_rows(model, selected, batch, loss_fn), budget)
     except (RuntimeError, ValueError, TypeError, NotImplementedError):
-        choices[key] = "kernel"  # vmap cannot run this model (or no longer can)
+        choices[key] = "hooks"  # vmap cannot run this model (or no longer can)
         _reset(acc)
-        return _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_strategy)
+        return _run_kernel_or_rows(model, selected, batch, loss_fn, acc, budget, layer_path)
     if isinstance(state, _Trial):
         choices[key] = state.add("vmap", _clock() - start)
     for name in selected:
-        acc.strategies[name] = "vmap"
+        acc.paths[name] = "vmap"
     return "vmap"
 
 
-def _plan(model: nn.Module, selected: dict[str, nn.Parameter], batch: ProbeBatch, budget: float) -> AutoPlan:
+def _plan(model: nn.Module, selected: dict[str, nn.Parameter], batch: ExampleBatch, budget: float) -> AutoPlan:
     """:func:`plan_auto` from the shapes of a one-example forward (no gradients)."""
     if is_sharded(model, selected.values()):
-        return "kernel"
+        return "hooks"
     cost = _model_cost(model, selected, batch)
-    return plan_auto(cost, budget, sharded=False) if cost is not None else "kernel"
+    return plan_auto(cost, budget, sharded=False) if cost is not None else "hooks"
 
 
-def _model_cost(model: nn.Module, selected: dict[str, nn.Parameter], batch: ProbeBatch) -> ModelCost | None:
+def _model_cost(model: nn.Module, selected: dict[str, nn.Parameter], batch: ExampleBatch) -> ModelCost | None:
     """The whole-model cost estimate, or ``None`` when the one-example forward fails."""
     owner: dict[int, str] = {}
     modules: dict[str, nn.Module] = {}
@@ -325,18 +325,18 @@ def _model_cost(model: nn.Module, selected: dict[str, nn.Parameter], batch: Prob
 
 
 def _call_signature(
-    selected: dict[str, nn.Parameter], batch: ProbeBatch, budget: float, blocks: bool, layer_strategy: str
+    selected: dict[str, nn.Parameter], batch: ExampleBatch, budget: float, blocks: bool, layer_path: str
 ) -> tuple[Any, ...]:
     """What the cost of a call depends on besides the model: parameters, probe shapes, settings."""
     shapes = repr(_map_any(batch.inputs, lambda t: (tuple(t.shape), t.dtype, t.device)))
     params = tuple((k, tuple(p.shape), p.dtype) for k, p in selected.items())
-    return params, shapes, tuple(batch.targets.shape), budget, blocks, layer_strategy
+    return params, shapes, tuple(batch.targets.shape), budget, blocks, layer_path
 
 
 def _reset(acc: GramAccumulator) -> None:
     acc.gram.zero_()
     acc.blocks.clear()
-    acc.strategies.clear()
+    acc.paths.clear()
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

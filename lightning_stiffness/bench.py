@@ -3,7 +3,9 @@
 Run ``python -m lightning_stiffness.bench`` (``--help`` for options). For every case it prints
 time and peak extra memory of
 
-* ``auto``    — the hook engine with the per-layer cost model (what users get),
+* ``auto``    — what users get: the hook engine with the per-layer cost model, or the whole model's
+  ``vmap`` where that was timed faster (its trial calls are part of the warm-up),
+* ``hooks``   — the hook engine alone (``auto`` may instead run the whole model's ``vmap``),
 * ``kernel_trick`` / ``materialize`` — the hook engine with one exact path forced on every layer,
 * ``vmap``    — our tiled ``vmap`` method,
 * ``recipe``  — the torch.func tutorial recipe: ``vmap(grad(functional_call))`` over all N at
@@ -70,6 +72,24 @@ def torch_func_recipe(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tens
     grads = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, inputs, targets)
     jac = torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1)
     return jac @ jac.T
+
+
+def after_auto_trial(fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """``fn`` whose first call first makes ``auto``'s trial calls (kernel and vmap alternately,
+    ``gram.api.TRIAL_CALLS`` in all), so the warm-up covers them and timed calls are ``auto``'s
+    steady state."""
+    from lightning_stiffness.gram.api import TRIAL_CALLS
+
+    done = [False]
+
+    def run() -> Tensor:
+        if not done[0]:
+            done[0] = True
+            for _ in range(TRIAL_CALLS):
+                fn()
+        return fn()
+
+    return run
 
 
 def training_step(model: nn.Module, inputs: Any, targets: Tensor) -> None:
@@ -220,7 +240,8 @@ def run_case(case: BenchCase, device: torch.device, repeats: int, with_recipe: b
     model, x, y = case.model, case.inputs, case.targets
     model.eval()
     methods: dict[str, Callable[[], Tensor | None]] = {
-        "auto": lambda: per_example_gram(model, x, y, method="auto"),
+        "auto": after_auto_trial(lambda: per_example_gram(model, x, y, method="auto")),
+        "hooks": lambda: per_example_gram(model, x, y, method="hooks"),
         "kernel_trick": lambda: per_example_gram(model, x, y, method="hooks", layer_path="kernel_trick"),
         "materialize": lambda: per_example_gram(model, x, y, method="hooks", layer_path="materialize"),
         "vmap": lambda: per_example_gram(model, x, y, method="vmap"),
@@ -444,10 +465,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=750, help="training steps of the 'callback' case (demo: 750)")
     parser.add_argument("--full", action="store_true", help="also the large GPU cases (N=8192 MLP, BERT-base)")
+    parser.add_argument(
+        "--background-load",
+        action="store_true",
+        help="run the MLP case's auto and recipe without and then with a busy background process (also: --only "
+        "mlp-contended) and print the slowdown factors",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {_device_name(device)}, threads {torch.get_num_threads()}")
+    if args.background_load or (args.only and "mlp-contended" in args.only):
+        print(contended_mlp(device, args.repeats), flush=True)
     for key, factory in build_cases(device, args.full):
         if args.only and key not in args.only:
             continue
@@ -458,6 +487,70 @@ def main(argv: list[str] | None = None) -> None:
         print(analytics_vs_gram(device, 1000, args.repeats), flush=True)
     if not args.only or "callback" in args.only:
         print(callback_overhead(args.steps, args.repeats), flush=True)
+
+
+# --------------------------------------------------------------------------- CPU contention
+
+#: The background load: a training-like loop of float32 matrix products on all cores, ended by
+#: its own deadline even if this process dies.
+BUSY_SCRIPT = (
+    "import time, torch\n"
+    "a = torch.randn(512, 512)\n"
+    "end = time.monotonic() + {seconds}\n"
+    "while time.monotonic() < end:\n"
+    "    a = torch.tanh(a @ a) \n"
+)
+
+
+@contextmanager
+def background_load(seconds: float) -> Iterator[None]:
+    """A busy subprocess (matrix products on all cores, like a second training job or data-loader
+    workers) for at most ``seconds``; killed when the block ends."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_SCRIPT.format(seconds=seconds)])
+    try:
+        time.sleep(1.0)  # let it start and take the cores
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def contended_mlp(device: torch.device, repeats: int) -> str:
+    """The MLP case's ``auto`` and ``recipe`` without, then with, :func:`background_load`, and
+    the slowdown factor ``loaded / idle`` of each; ``auto-nolimit`` is ``auto`` with the thread
+    limit under load switched off (``LIGHTNING_STIFFNESS_GRAM_THREADS=0``)."""
+    case = mlp_case(512, device, 512)
+    model, x, y = case.model.eval(), case.inputs, case.targets
+    methods: dict[str, Callable[[], Tensor | None]] = {
+        "auto": lambda: per_example_gram(model, x, y, method="auto"),
+        "auto-nolimit": lambda: _auto_with_user_threads(model, x, y),
+        "recipe": lambda: torch_func_recipe(model, x, y),
+    }
+    idle = {k: measure(fn, device, repeats).seconds for k, fn in methods.items()}
+    with background_load(seconds=120.0):
+        loaded = {k: measure(fn, device, repeats).seconds for k, fn in methods.items()}
+    lines = [f"\n{case.name}, N=512, without and with a busy background process"]
+    lines.append(f"  {'method':<12}{'idle':>11}{'loaded':>11}{'slowdown':>10}")
+    for k in methods:
+        lines.append(f"  {k:<12}{_ms(idle[k]):>11}{_ms(loaded[k]):>11}{loaded[k] / idle[k]:>9.1f}x")
+    return "\n".join(lines)
+
+
+def _auto_with_user_threads(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    from lightning_stiffness.gram.threads import THREADS_ENV
+
+    before = os.environ.get(THREADS_ENV)
+    os.environ[THREADS_ENV] = "0"
+    try:
+        return per_example_gram(model, x, y, method="auto")
+    finally:
+        if before is None:
+            del os.environ[THREADS_ENV]
+        else:
+            os.environ[THREADS_ENV] = before
 
 
 def _device_name(device: torch.device) -> str:

@@ -325,7 +325,7 @@ class StiffnessCallback(Callback):
 
     def _resolve_directory(self, trainer: Trainer) -> Path:
         """Where measurements go. Reads ``trainer.log_dir``, a collective under multi-process
-        strategies, so it is called on every rank at the same point (``on_train_start``)."""
+        paths, so it is called on every rank at the same point (``on_train_start``)."""
         if self.settings.output.save_dir:
             return Path(self.settings.output.save_dir)
         return Path(trainer.log_dir or trainer.default_root_dir) / "stiffness"

@@ -39,7 +39,7 @@ def strategy_problem(strategy: Strategy) -> str | None:
         return (
             f"supports single-device, DDP, FSDP (FSDPStrategy) and ModelParallelStrategy (FSDP2) training, not "
             f"{type(strategy).__name__}: its wrapper (e.g. DeepSpeed's engine) hides the layers that per-example "
-            "gradients are read from. Use one of those strategies, or remove the callback for this run."
+            "gradients are read from. Use one of those paths, or remove the callback for this run."
         )
     if isinstance(strategy, FSDPStrategy) and not strategy.kwargs.get("use_orig_params", True):
         return (

@@ -3,7 +3,7 @@
 Skipped unless ``STIFFNESS_TEST_DEVICE`` names an available device (default ``cuda``); set it to
 ``cpu`` to check the tests themselves on a machine without a GPU. On the device: every zoo model
 and method against the float64 per-example loop computed on the CPU, and one-device Lightning fits
-under the single-device, DDP, FSDP (FSDP1) and ModelParallelStrategy (FSDP2) strategies whose
+under the single-device, DDP, FSDP (FSDP1) and ModelParallelStrategy (FSDP2) paths whose
 step-0 Gram must equal the engine's Gram of the initial model and whose training must be
 unchanged by the callback.
 """

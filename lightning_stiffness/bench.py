@@ -76,9 +76,9 @@ def torch_func_recipe(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tens
 
 def after_auto_trial(fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
     """``fn`` whose first call first makes ``auto``'s trial calls (kernel and vmap alternately,
-    ``gram.api.TRIAL_CALLS`` in all), so the warm-up covers them and timed calls are ``auto``'s
+    ``gram.auto.TRIAL_CALLS`` in all), so the warm-up covers them and timed calls are ``auto``'s
     steady state."""
-    from lightning_stiffness.gram.api import TRIAL_CALLS
+    from lightning_stiffness.gram.auto import TRIAL_CALLS
 
     done = [False]
 

@@ -1,5 +1,5 @@
 """How ``auto`` chooses between the hooks path and the whole model's ``vmap`` (gram/cost.py
-``plan_auto``, gram/api.py ``_run_auto``), and the thread limit under CPU contention
+``plan_auto``, gram/auto.py ``run_auto``), and the thread limit under CPU contention
 (gram/threads.py). No timings are asserted: the trial's clock is replaced by a fake one."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_stiffness.gram import api, cost, per_example_gram_blocks
+from lightning_stiffness.gram import api, auto, cost, per_example_gram_blocks
 from lightning_stiffness.gram.cost import ModelCost, plan_auto
 from lightning_stiffness.gram.threads import THREADS_ENV, gram_threads, limited_threads, threads_for_load
 from tests.conftest import double_model, rel_err, to_double
@@ -43,7 +43,7 @@ class FakeClock:
 
     def __init__(self, kernel_seconds: float, vmap_seconds: float) -> None:
         self.now = 0.0
-        self.steps = iter([0.0, kernel_seconds, 0.0, vmap_seconds] * api.TRIAL_RUNS)
+        self.steps = iter([0.0, kernel_seconds, 0.0, vmap_seconds] * auto.TRIAL_RUNS)
 
     def __call__(self) -> float:
         self.now += next(self.steps, 0.0)
@@ -81,9 +81,9 @@ def test_auto_takes_vmap_where_it_was_faster_and_stays_exact(
     torch.manual_seed(0)
     model, x, y = conv_net(), torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
     reference = float64_loop(model, x, y)
-    monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
-    trial = [per_example_gram_blocks(model, x, y, method="auto") for _ in range(api.TRIAL_CALLS)]
-    assert [r.method for r in trial] == ["hooks", "vmap"] * api.TRIAL_RUNS
+    monkeypatch.setattr(auto, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
+    trial = [per_example_gram_blocks(model, x, y, method="auto") for _ in range(auto.TRIAL_CALLS)]
+    assert [r.method for r in trial] == ["hooks", "vmap"] * auto.TRIAL_RUNS
     third = per_example_gram_blocks(model, x, y, method="auto")
     assert third.method == "vmap" and set(third.paths.values()) == {"vmap"}
     for result in [*trial, third]:
@@ -97,9 +97,9 @@ def test_auto_takes_vmap_where_it_was_faster_and_stays_exact(
 def test_auto_keeps_the_kernel_where_it_was_faster(trial_everywhere: None, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(1)
     model, x, y = conv_net(), torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
-    monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=1.0, vmap_seconds=2.0))
-    methods = [per_example_gram_blocks(model, x, y, method="auto").method for _ in range(api.TRIAL_CALLS)]
-    assert methods == ["hooks", "vmap"] * api.TRIAL_RUNS  # the trial
+    monkeypatch.setattr(auto, "_clock", FakeClock(kernel_seconds=1.0, vmap_seconds=2.0))
+    methods = [per_example_gram_blocks(model, x, y, method="auto").method for _ in range(auto.TRIAL_CALLS)]
+    assert methods == ["hooks", "vmap"] * auto.TRIAL_RUNS  # the trial
     again = per_example_gram_blocks(model, x, y, method="auto")
     assert again.method == "hooks" and rel_err(again.gram, float64_loop(model, x, y)) < 1e-5
 
@@ -110,7 +110,7 @@ def test_auto_never_trials_vmap_where_the_kernel_trick_saves_most(
     torch.manual_seed(2)
     model, x, y = wide_mlp(), torch.randn(32, 64), torch.randint(0, 4, (32,))
     clock = FakeClock(kernel_seconds=2.0, vmap_seconds=1.0)  # vmap would "win" if it were timed
-    monkeypatch.setattr(api, "_clock", clock)
+    monkeypatch.setattr(auto, "_clock", clock)
     for _ in range(2):
         result = per_example_gram_blocks(model, x, y, method="auto")
         assert result.method == "hooks"
@@ -120,9 +120,9 @@ def test_auto_never_trials_vmap_where_the_kernel_trick_saves_most(
 def test_auto_never_runs_vmap_on_sharded_models(trial_everywhere: None, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(3)
     model, x, y = conv_net(), torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
-    monkeypatch.setattr(api, "is_sharded", lambda *_: True)
-    monkeypatch.setattr(api, "vmap_rows", lambda *_: pytest.fail("vmap started on a sharded model"))
-    monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
+    monkeypatch.setattr(auto, "is_sharded", lambda *_: True)
+    monkeypatch.setattr(auto, "vmap_rows", lambda *_: pytest.fail("vmap started on a sharded model"))
+    monkeypatch.setattr(auto, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
     for _ in range(3):
         assert per_example_gram_blocks(model, x, y, method="auto").method == "hooks"
 
@@ -132,7 +132,7 @@ def test_forced_layer_strategy_keeps_auto_on_the_kernel(
 ) -> None:
     torch.manual_seed(4)
     model, x, y = conv_net(), torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
-    monkeypatch.setattr(api, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
+    monkeypatch.setattr(auto, "_clock", FakeClock(kernel_seconds=2.0, vmap_seconds=1.0))
     for _ in range(3):
         result = per_example_gram_blocks(model, x, y, method="auto", layer_path="materialize")
         assert result.method == "hooks" and "materialize" in result.paths.values()

@@ -1,0 +1,131 @@
+"""What the analytics and the callback cost: analytics against the Gram they start from, and the
+demo's training without and with :class:`~lightning_stiffness.StiffnessCallback`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lightning_stiffness.bench.timing import _ms, cpu_seconds, measure
+from lightning_stiffness.gram import per_example_gram
+
+__all__ = ["analytics_vs_gram", "callback_overhead"]
+
+
+def analytics_vs_gram(device: torch.device, n: int, repeats: int) -> str:
+    """Analytics (:func:`~lightning_stiffness.analytics.analyze`) against the Gram they start from,
+    at the demo's settings: its FC network 784-500-300-100-10, 10 classes, two splits, input
+    distances, with bootstrap 0 (the callback's default) and 50 (the demo's). Wall-clock medians
+    and, on a CPU, the smallest CPU time."""
+    from lightning_stiffness.analytics import AnalysisConfig, analyze, input_distances
+    from lightning_stiffness.demo import demo_model
+
+    model = demo_model(784).to(device).eval()
+    x = torch.randn(n, 784, device=device)
+    x = x / x.norm(dim=1, keepdim=True)
+    y = torch.arange(n, device=device) % 10
+    splits = (torch.arange(n) >= n // 2).long()
+    distances = {"input": input_distances(x)}
+    gram = measure(lambda: per_example_gram(model, x, y), device, repeats)
+    assert gram.gram is not None
+    cpu = device.type == "cpu"
+    gram_cpu = cpu_seconds(lambda: per_example_gram(model, x, y), repeats) if cpu else math.nan
+    lines = [f"\nanalytics vs Gram: demo FC 784-500-300-100-10, N={n}, 10 classes, input distances"]
+    lines.append(f"  {'part':<28}{'wall':>11}{'vs Gram':>9}{'CPU time':>11}{'vs Gram':>9}")
+    lines.append(f"  {'Gram (auto)':<28}{_ms(gram.seconds):>11}{'1.00x':>9}{_ms(gram_cpu):>11}{'1.00x':>9}")
+    for bootstrap in (0, 50):
+        config = AnalysisConfig(bootstrap=bootstrap)
+
+        def run(config: AnalysisConfig = config) -> None:
+            assert gram.gram is not None
+            analyze(gram.gram, y, splits, ("train", "val"), step=0, epoch=0, trigger="bench",
+                    distances=distances, config=config)  # fmt: skip
+
+        timing = measure(run, device, repeats)
+        analytics_cpu = cpu_seconds(run, repeats) if cpu else math.nan
+        lines.append(
+            f"  {f'analytics, bootstrap={bootstrap}':<28}{_ms(timing.seconds):>11}"
+            f"{timing.seconds / gram.seconds:>8.2f}x{_ms(analytics_cpu):>11}{analytics_cpu / gram_cpu:>8.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def callback_overhead(steps: int, repeats: int) -> str:
+    """The demo's training (its model and data, batch 32, validation each epoch, CPU) for
+    ``steps`` optimizer steps: without the callback, with ``StiffnessCallback()`` at its default
+    settings, and with its images off, in alternating order. Wall-clock and process CPU time
+    (medians), the callback's own accounting (``measurement.seconds``) and the disk it wrote."""
+    import tempfile
+
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+
+    from lightning_stiffness import StiffnessCallback
+    from lightning_stiffness.demo import demo_model, load_digits_dataset
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    train, val = load_digits_dataset("mnist5k", 0)
+
+    def fit(callback: StiffnessCallback | None) -> tuple[float, float, int]:
+        L.seed_everything(0, verbose=False)
+        with tempfile.TemporaryDirectory() as out:
+            trainer = L.Trainer(
+                max_steps=steps,
+                accelerator="cpu",
+                devices=1,
+                logger=TensorBoardLogger(out, name="bench", default_hp_metric=False),
+                callbacks=[callback] if callback else [],
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                log_every_n_steps=10,
+                num_sanity_val_steps=0,
+            )
+            model = demo_model(train.tensors[0].shape[1])
+            start, start_cpu = time.perf_counter(), time.process_time()
+            trainer.fit(model, DataLoader(train, batch_size=32, shuffle=True), DataLoader(val, batch_size=256))
+            seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            disk = sum(f.stat().st_size for f in Path(out).rglob("measurement-*.pt"))
+        return seconds, cpu, disk
+
+    configs: dict[str, Callable[[], StiffnessCallback | None]] = {
+        "without the callback": lambda: None,
+        "StiffnessCallback()": lambda: StiffnessCallback(),
+        "  images off": lambda: StiffnessCallback(log_images=False),
+    }
+    fit(None)  # warm-up: imports, first-call overheads
+    wall: dict[str, list[float]] = {k: [] for k in configs}
+    cpu: dict[str, list[float]] = {k: [] for k in configs}
+    own: dict[str, list[float]] = {k: [] for k in configs}
+    notes: dict[str, str] = {}
+    for _ in range(repeats):
+        for name, make in configs.items():
+            callback = make()
+            seconds, cpu_seconds_, disk = fit(callback)
+            wall[name].append(seconds)
+            cpu[name].append(cpu_seconds_)
+            if callback is not None:
+                own[name].append(sum(m.seconds for m in callback.measurements))
+                count = len(callback.measurements)
+                each = disk / max(count, 1) / 2**20
+                notes[name] = f"{count} measurements, {disk / 2**20:.1f} MiB on disk ({each:.2f} each)"
+    base = "without the callback"
+    base_wall, base_cpu = statistics.median(wall[base]), statistics.median(cpu[base])
+    lines = [
+        f"\ncallback overhead: demo FC on mnist5k, batch 32, {steps} steps, median of {repeats}",
+        f"  {'run':<24}{'wall':>9}{'ratio':>8}{'CPU':>9}{'ratio':>8}{'own s':>8}  notes",
+    ]
+    for name in configs:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        mine = f"{statistics.median(own[name]):.2f}" if own[name] else ""
+        ratios = f"{w:>8.2f}s{w / base_wall:>7.2f}x{c:>8.2f}s{c / base_cpu:>7.2f}x"
+        lines.append(f"  {name:<24}{ratios}{mine:>8}  {notes.get(name, '')}")
+    lines.append("  own s = sum of measurement.seconds, what stiffness/cost/seconds and cost/share count")
+    return "\n".join(lines)

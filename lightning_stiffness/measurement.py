@@ -9,6 +9,7 @@ and ``writer``. Files without ``format_version`` were written by lightning-stiff
 :mod:`lightning_stiffness.measurement_format`, saving and loading in
 :mod:`lightning_stiffness.measurement_io`; their public names are importable from here too.
 """
+
 from __future__ import annotations
 
 import math

@@ -20,12 +20,12 @@ from lightning_stiffness.analytics import (
     split_block_summaries,
     stiffness_statistics,
 )
+from lightning_stiffness.analytics.bootstrap import _resample_counts
 from lightning_stiffness.analytics.critical_length import (
     DistanceBins,
     PairSample,
     _bootstrap_linear_fit,
     _line_zero,
-    _resample_counts,
     _sample_value,
 )
 from lightning_stiffness.analytics.stiffness import PAIR_KINDS

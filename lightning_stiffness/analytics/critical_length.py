@@ -4,7 +4,8 @@ v1 Figs 9-10, v3 "dynamical critical length"; docs/concepts.md "Critical length 
 Two estimators of the distance at which stiffness decays to zero: (B) the first zero crossing
 of the binned mean curve (v1 "stiff domain size", Fig. 9-10) and (A) the zero of a
 least-squares line through the pairs (v3 "dynamical critical length"), with bootstrap
-confidence intervals over probe examples.
+confidence intervals over probe examples (the resampling machinery is in ``bootstrap.py``; the
+binned curves, :class:`BinnedCurve` and :func:`binned_curve`, in ``curves.py``, re-exported here).
 
 An estimate is a number only when the data show the crossing (status ``measured``). A curve that
 stays positive over the observed distances gives ``censored`` (ξ is larger than
@@ -16,13 +17,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
+from lightning_stiffness.analytics.bootstrap import _moment_lines, _pair_chunks, _quantiles, _used_range
+
+# the binned curves moved to analytics/curves.py; importable from here as before
+from lightning_stiffness.analytics.curves import BinnedCurve, binned_curve, curve_of_pairs
+from lightning_stiffness.analytics.curves import DistanceBins as DistanceBins
+from lightning_stiffness.analytics.curves import PairSample as PairSample
 from lightning_stiffness.analytics.stiffness import accumulation_dtype, as_float, pair_mask, square_matrix
 
 __all__ = [
@@ -43,28 +49,6 @@ CENSORED = "censored"
 EXTRAPOLATED = "extrapolated"
 UNDEFINED = "undefined"
 STATUSES = (MEASURED, CENSORED, EXTRAPOLATED, UNDEFINED)
-
-#: Elements of the ``(resamples, pairs)`` weight matrix built at once.
-_CHUNK_ELEMENTS = 2**22
-
-
-@dataclass(frozen=True)
-class BinnedCurve:
-    """Mean ± standard error of stiffness in equal-width distance bins.
-
-    Attributes:
-        edges: ``(bins + 1,)`` bin edges; bin ``k`` is ``[edges[k], edges[k+1])``, the last one closed.
-        centers: ``(bins,)`` bin centres.
-        mean: ``(bins,)`` mean stiffness per bin, NaN in empty bins.
-        sem: ``(bins,)`` standard error of the mean (sample std / sqrt(count)), NaN with fewer than 2 pairs.
-        count: ``(bins,)`` number of pairs per bin (long).
-    """
-
-    edges: Tensor
-    centers: Tensor
-    mean: Tensor
-    sem: Tensor
-    count: Tensor
 
 
 @dataclass(frozen=True)
@@ -123,173 +107,6 @@ class CriticalLength:
     def bound_or_value(self) -> float:
         """``value`` when measured, else ``lower_bound`` (for a figure that marks it "≥")."""
         return self.value if self.status == MEASURED else self.lower_bound
-
-
-@dataclass(frozen=True)
-class PairSample:
-    """The pairs ``i < j`` of ``n`` examples that a curve or a critical length runs over, in
-    row-major order, with their stiffness and distance (both finite).
-
-    ``cache`` keeps the bootstrap's pair weights (they depend on ``n``, ``rows``, ``cols``, the
-    number of resamples and the seed, not on the stiffness): :func:`dataclasses.replace` with new
-    ``values`` shares it, so both estimators and both kinds of stiffness build them once.
-    """
-
-    n: int
-    rows: Tensor
-    cols: Tensor
-    values: Tensor
-    dists: Tensor
-    cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def from_matrices(cls, stiffness: Tensor, distances: Tensor, mask: Tensor) -> PairSample:
-        """The pairs ``i < j`` selected by ``mask`` whose stiffness and distance are finite."""
-        rows, cols = _pair_indices(stiffness, distances, mask)
-        stiffness = as_float(stiffness)
-        return cls(
-            stiffness.shape[0], rows, cols, stiffness[rows, cols], as_float(distances).to(stiffness.device)[rows, cols]
-        )
-
-    def take(self, index: Tensor) -> PairSample:
-        """The pairs at positions ``index`` (a long vector; order as given)."""
-        return PairSample(self.n, self.rows[index], self.cols[index], self.values[index], self.dists[index])
-
-
-def binned_curve(
-    stiffness: Tensor,
-    distances: Tensor,
-    mask: Tensor,
-    *,
-    bins: int = 30,
-    value_range: tuple[float, float] | None = None,
-) -> BinnedCurve:
-    """Binned mean ± standard error of stiffness against distance (v1 Fig. 9: ≈30 equal-width
-    bins, one curve per layer and pair type).
-
-    Only the upper triangle ``i < j`` of ``mask`` is used (the matrices are symmetric), and only
-    pairs whose stiffness and distance are finite.
-
-    Args:
-        stiffness: ``(N, N)`` pairwise stiffness.
-        distances: ``(N, N)`` pairwise distances.
-        mask: bool ``(N, N)`` selecting pairs, e.g. :func:`pair_mask`.
-        bins: number of equal-width bins.
-        value_range: ``(low, high)`` of the bins; default ``(0, max distance of the selected pairs)``
-            (``(0, 1)`` when there is none or it is 0). Pairs outside the range are dropped.
-    """
-    return curve_of_pairs(PairSample.from_matrices(stiffness, distances, mask), bins=bins, value_range=value_range)
-
-
-def curve_of_pairs(pairs: PairSample, *, bins: int = 30, value_range: tuple[float, float] | None = None) -> BinnedCurve:
-    """:func:`binned_curve` of pairs already selected (arguments as there)."""
-    binning = DistanceBins.of(pairs.dists, bins=bins, value_range=value_range)
-    return binning.curve(pairs.values)
-
-
-@dataclass(frozen=True)
-class DistanceBins:
-    """Equal-width distance bins with the bin of every pair computed once, so that several
-    curves over subsets of the same pairs (kinds of stiffness, within/between/all) share it.
-
-    Attributes:
-        edges: ``(bins + 1,)`` edges; bin ``k`` is ``[edges[k], edges[k+1])``, the last one closed.
-        index: ``(P,)`` bin of each pair (meaningful where ``inside``).
-        inside: ``(P,)`` pairs whose distance lies in ``[edges[0], edges[-1]]``.
-        groups: ``(P,)`` bin of a same-class pair, ``bins +`` bin of a different-class pair (None
-            unless ``same`` was given to :meth:`of`); for :meth:`curves_by_class`.
-    """
-
-    edges: Tensor
-    index: Tensor
-    inside: Tensor
-    groups: Tensor | None = None
-
-    @classmethod
-    def of(
-        cls,
-        dists: Tensor,
-        *,
-        bins: int = 30,
-        value_range: tuple[float, float] | None = None,
-        same: Tensor | None = None,
-    ) -> DistanceBins:
-        """Bins of ``value_range`` (default ``(0, max dists)``, ``(0, 1)`` when that is 0 or there
-        are none); ``same`` flags the same-class pairs for :meth:`curves_by_class`."""
-        if bins < 1:
-            raise ValueError(f"bins must be at least 1, got {bins}")
-        if value_range is None:
-            high = float(dists.max()) if dists.numel() else 0.0
-            low, high = 0.0, high if high > 0 else 1.0
-        else:
-            low, high = float(value_range[0]), float(value_range[1])
-            if not high > low:
-                raise ValueError(f"value_range must satisfy low < high, got {value_range}")
-        edges = torch.linspace(low, high, bins + 1, dtype=dists.dtype, device=dists.device)
-        inside = (dists >= low) & (dists <= high)
-        index = torch.bucketize(dists, edges[1:-1], right=True)
-        groups = None if same is None else index + bins * ~same
-        return cls(edges, index, inside, groups)
-
-    def curve(self, values: Tensor, keep: Tensor | None = None) -> BinnedCurve:
-        """Mean ± standard error per bin of ``values`` ``(P,)`` over the pairs flagged by ``keep``
-        (default: all) that lie inside the bins."""
-        count, sums, squares = self._moments(values, keep, self.index, self.edges.shape[0] - 1)
-        return self._curve(count, sums, squares, values.dtype)
-
-    def curves_by_class(self, values: Tensor, keep: Tensor | None = None) -> dict[str, BinnedCurve]:
-        """``{"within": …, "between": …, "all": …}`` curves in one pass over the pairs (``same``
-        given to :meth:`of`). The ``all`` curve combines the two groups exactly: counts and sums
-        add, and the squared deviations add with Chan's term ``n_g (m_g − m)²`` per group."""
-        if self.groups is None:
-            raise ValueError("curves_by_class needs DistanceBins.of(..., same=...)")
-        bins = self.edges.shape[0] - 1
-        count, sums, squares = self._moments(values, keep, self.groups, 2 * bins)
-        within, between = slice(0, bins), slice(bins, 2 * bins)
-        total_count = count[within] + count[between]
-        total_sums = sums[within] + sums[between]
-        mean = total_sums / total_count.clamp_min(1)
-        total_squares = squares[within] + squares[between]
-        for group in (within, between):
-            group_mean = sums[group] / count[group].clamp_min(1)
-            total_squares = total_squares + count[group] * (group_mean - mean) ** 2
-        dtype = values.dtype
-        return {
-            "within": self._curve(count[within], sums[within], squares[within], dtype),
-            "between": self._curve(count[between], sums[between], squares[between], dtype),
-            "all": self._curve(total_count, total_sums, total_squares, dtype),
-        }
-
-    def _moments(
-        self, values: Tensor, keep: Tensor | None, index: Tensor, groups: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Per group of ``index``: the count, the sum and the sum of squared deviations from the
-        group mean (two passes, float64) of the pairs inside the bins flagged by ``keep``."""
-        selected = self.inside if keep is None else self.inside & keep
-        if not bool(selected.all()):
-            rows = selected.nonzero().squeeze(1)
-            index, values = index[rows], values[rows]
-        dtype = accumulation_dtype(values.device)
-        values = values.to(dtype)
-        count_f = torch.bincount(index, minlength=groups).to(dtype)
-        sums = torch.bincount(index, weights=values, minlength=groups).to(dtype)
-        mean = torch.where(count_f > 0, sums / count_f.clamp_min(1), math.nan)
-        squares = torch.bincount(index, weights=(values - mean[index]) ** 2, minlength=groups).to(dtype)
-        return count_f, sums, squares
-
-    def _curve(self, count_f: Tensor, sums: Tensor, squares: Tensor, values_dtype: torch.dtype) -> BinnedCurve:
-        out_dtype = torch.promote_types(values_dtype, self.edges.dtype)
-        count = count_f.round().long()
-        mean = torch.where(count > 0, sums / count_f.clamp_min(1), math.nan)
-        sem = torch.where(count > 1, (squares / (count_f - 1).clamp_min(1) / count_f.clamp_min(1)).sqrt(), math.nan)
-        edges = self.edges
-        return BinnedCurve(
-            edges=edges,
-            centers=(edges[:-1] + edges[1:]) / 2,
-            mean=mean.to(out_dtype),
-            sem=sem.to(out_dtype),
-            count=count,
-        )
 
 
 def zero_crossing_length(curve: BinnedCurve) -> CriticalLength:
@@ -448,47 +265,6 @@ def critical_length_of_pairs(
     return replace(estimate, ci_low=low, ci_high=high)
 
 
-def _quantiles(samples: Tensor, qs: Sequence[float]) -> list[float]:
-    """Linear-interpolation quantiles (as :func:`torch.quantile`) of samples that may hold ``+inf``:
-    a quantile that interpolates towards ``+inf`` is ``+inf`` (torch gives NaN)."""
-    ordered = samples.to(torch.float64).sort().values.tolist()
-    out = []
-    for q in qs:
-        position = q * (len(ordered) - 1)
-        low, high = math.floor(position), math.ceil(position)
-        a, b = ordered[low], ordered[high]
-        weight = position - low
-        out.append(a if weight == 0 or a == b else a + weight * (b - a))
-    return out
-
-
-def _resample_counts(n: int, bootstrap: int, seed: int) -> Tensor:
-    """``(bootstrap, n)`` multiplicity of every example in each resample with replacement."""
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, n, (bootstrap, n), generator=generator)
-    return torch.zeros(bootstrap, n).scatter_add_(1, draws, torch.ones(bootstrap, n))
-
-
-def _pair_chunks(pairs: PairSample, bootstrap: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Pair weights ``count(a) · count(b)`` of the resamples, as ``(P, chunk)`` blocks (pairs
-    along the rows: one contiguous gather per endpoint), with the ``(N, chunk)`` counts.
-    Kept in ``pairs.cache`` when they fit in one block."""
-    key = ("weights", bootstrap, seed)
-    if key in pairs.cache:
-        yield from pairs.cache[key]
-        return
-    device = pairs.values.device
-    multiplicity = _resample_counts(pairs.n, bootstrap, seed).to(device=device, dtype=accumulation_dtype(device))
-    rows, cols = pairs.rows, pairs.cols
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[0]))
-    for start in range(0, bootstrap, chunk):
-        counts = multiplicity[start : start + chunk].T.contiguous()
-        block = (counts[rows].mul_(counts[cols]), counts)
-        if chunk >= bootstrap:
-            pairs.cache[key] = [block]
-        yield block
-
-
 def _bootstrap_linear_fit(pairs: PairSample, bootstrap: int, seed: int, max_distance: float | None) -> Tensor:
     """ξ of the weighted line of every resample (see :func:`_moment_lines` and :func:`_used_range`)."""
     rows, cols, values, dists = pairs.rows, pairs.cols, pairs.values, pairs.dists
@@ -506,59 +282,6 @@ def _bootstrap_linear_fit(pairs: PairSample, bootstrap: int, seed: int, max_dist
         for b, a, low, high in zip(slopes.tolist(), intercepts.tolist(), d_min.tolist(), d_max.tolist()):
             samples.append(_sample_value(*_line_zero(b, a, low, high)[:3]))
     return torch.tensor(samples, dtype=torch.float64)
-
-
-def _moment_lines(weights: Tensor, dists: Tensor, values: Tensor, spread_out: Tensor) -> tuple[Tensor, Tensor]:
-    """Weighted least-squares ``S = a + b·d`` for every column of ``weights`` ``(P, B)``, from
-    five weighted sums (one matrix product) instead of a centred pass per resample.
-
-    With ``d' = d − d₀`` and ``s' = s − s₀`` shifted by the unweighted means (translation does not
-    change the slope, and keeps the moments free of cancellation), ``W = Σw``,
-    ``b = (Σw d's' − Σw d' · Σw s' / W) / (Σw d'² − (Σw d')² / W)`` and
-    ``a = s₀ + Σw s'/W − b (d₀ + Σw d'/W)``. NaN where fewer than two pairs carry weight, or where
-    ``spread_out`` (the resample's used distances are not all equal) is False."""
-    dtype = weights.dtype
-    dists, values = dists.to(dtype), values.to(dtype)
-    d0 = dists.mean() if dists.numel() else dists.new_zeros(())
-    s0 = values.mean() if values.numel() else values.new_zeros(())
-    d, s = dists - d0, values - s0
-    moments = torch.stack([torch.ones_like(d), d, s, d * d, d * s]) @ weights  # (5, B)
-    total, sum_d, sum_s, sum_dd, sum_ds = moments
-    safe_total = total.clamp_min(1)
-    spread = sum_dd - sum_d * sum_d / safe_total
-    covariance = sum_ds - sum_d * sum_s / safe_total
-    defined = (total >= 2) & (spread > 0) & spread_out
-    slopes = torch.where(defined, covariance / torch.where(defined, spread, 1.0), math.nan)
-    intercepts = torch.where(defined, s0 + sum_s / safe_total - slopes * (d0 + sum_d / safe_total), math.nan)
-    return slopes, intercepts
-
-
-def _used_range(drawn: Tensor, rows: Tensor, cols: Tensor, dists: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
-    """Smallest and largest distance of the pairs with both examples drawn, per resample
-    (``drawn``: bool ``(N, B)``); ``(+inf, −inf)`` for a resample with no such pair.
-
-    Walks the pairs from the nearest (resp. farthest) in growing chunks and stops when every
-    resample has found one: a pair is drawn with probability ≈ (1 − 1/e)², so a few pairs do."""
-    dtype = torch.float64
-    d_min = _first_used(drawn, rows, cols, dists, order, math.inf).to(dtype)
-    d_max = _first_used(drawn, rows, cols, dists, order.flip(0), -math.inf).to(dtype)
-    return d_min, d_max
-
-
-def _first_used(drawn: Tensor, rows: Tensor, cols: Tensor, dists: Tensor, order: Tensor, missing: float) -> Tensor:
-    """``dists`` of the first pair in ``order`` whose two examples are drawn, per column of ``drawn``."""
-    found = torch.full((drawn.shape[1],), missing, dtype=dists.dtype, device=dists.device)
-    pending = torch.ones(drawn.shape[1], dtype=torch.bool, device=drawn.device)
-    start, chunk = 0, 64
-    while start < order.shape[0] and bool(pending.any()):
-        index = order[start : start + chunk]
-        used = drawn[rows[index]] & drawn[cols[index]]  # (chunk, B)
-        hit = used.any(dim=0) & pending
-        first = used.to(torch.uint8).argmax(dim=0)  # the first True of each column
-        found = torch.where(hit, dists[index][first], found)
-        pending &= ~hit
-        start, chunk = start + chunk, chunk * 4
-    return found
 
 
 def _sample_value(value: float, status: str, bound: float) -> float:
@@ -648,19 +371,3 @@ def _line_zero(slope: float, intercept: float, d_min: float, d_max: float) -> tu
     if zero < d_min:
         return math.nan, EXTRAPOLATED, math.nan, zero
     return zero, MEASURED, math.nan, math.nan
-
-
-def _pair_indices(stiffness: Tensor, distances: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """``(rows, cols)`` of the pairs ``i < j`` selected by ``mask`` whose stiffness and distance are finite."""
-    stiffness = as_float(square_matrix(stiffness, "stiffness"))
-    distances = as_float(square_matrix(distances, "distances")).to(stiffness.device)
-    mask = square_matrix(mask, "mask").to(device=stiffness.device, dtype=torch.bool)
-    if distances.shape != stiffness.shape or mask.shape != stiffness.shape:
-        raise ValueError(
-            f"stiffness {tuple(stiffness.shape)}, distances {tuple(distances.shape)} and mask "
-            f"{tuple(mask.shape)} must have the same shape"
-        )
-    upper = torch.ones_like(mask).triu(diagonal=1)
-    selected = mask & upper & torch.isfinite(stiffness) & torch.isfinite(distances)
-    rows, cols = selected.nonzero(as_tuple=True)
-    return rows, cols

@@ -13,12 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_stiffness.analytics.critical_length import (
-    ESTIMATORS,
-    DistanceBins,
-    PairSample,
-    critical_length_of_pairs,
-)
+from lightning_stiffness.analytics.critical_length import ESTIMATORS, critical_length_of_pairs
+from lightning_stiffness.analytics.curves import DistanceBins, PairSample
 from lightning_stiffness.analytics.stiffness import (
     StiffnessSummary,
     as_float,

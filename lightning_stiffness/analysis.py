@@ -5,6 +5,17 @@ into :mod:`lightning_stiffness.log` (``scalar_metrics``). Importing from here st
 
 import warnings
 
+from lightning_stiffness.analytics.critical_length import ESTIMATORS  # noqa: F401  (re-exported)
+from lightning_stiffness.analytics.measure import (  # noqa: F401  (re-exported)
+    AnalysisConfig,
+    add_distance_analysis,
+    analyze,
+    analyze_without_classes,
+    stiffness_matrices,
+)
+from lightning_stiffness.analytics.stiffness import PAIR_KINDS  # noqa: F401  (re-exported)
+from lightning_stiffness.log import scalar_metrics  # noqa: F401  (re-exported)
+
 warnings.warn(
     "lightning_stiffness.analysis is deprecated: import analyze and AnalysisConfig from lightning_stiffness "
     "(or lightning_stiffness.analytics) and scalar_metrics from lightning_stiffness.log",

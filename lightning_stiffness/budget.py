@@ -190,3 +190,11 @@ class OverheadBudget:
         self.deferred = int(state.get("deferred", 0))
         self.merged = int(state.get("merged", 0))
         self.pending = [(int(s), str(t)) for s, t in state.get("pending", [])]
+
+    def follow(self, state: dict[str, Any]) -> None:
+        """Adopt another budget's decisions (``deferred``, ``merged``, ``pending`` of its
+        :meth:`state_dict`), keeping this one's own seconds. Under DDP/FSDP rank 0 decides and the
+        other ranks follow, so that every rank measures, and keeps waiting, at the same steps."""
+        self.deferred = int(state.get("deferred", 0))
+        self.merged = int(state.get("merged", 0))
+        self.pending = [(int(s), str(t)) for s, t in state.get("pending", [])]

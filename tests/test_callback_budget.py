@@ -1,0 +1,84 @@
+"""The callback's time budget (``max_overhead``) and ``save_matrices`` in real training runs."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_stiffness import StiffnessCallback, load_measurements
+from tests.lightning_helpers import TinyClassifier, loaders, trainer
+
+
+def _fit(tmp_path: Path, steps: int, **settings: object) -> tuple[StiffnessCallback, list[str], Path]:
+    L.seed_everything(0, verbose=False)
+    cb = StiffnessCallback(every_n_steps=1, per_class=4, splits=("train",), log_images=False, **settings)  # type: ignore[arg-type]
+    logger = CSVLogger(str(tmp_path))
+    train, _ = loaders()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [cb], max_steps=steps, logger=logger, log_every_n_steps=1).fit(TinyClassifier(), train)
+    messages = [str(w.message) for w in caught if "StiffnessCallback" in str(w.message)]
+    return cb, messages, Path(logger.log_dir)
+
+
+def test_a_tight_budget_defers_scheduled_measurements_and_says_so(tmp_path: Path) -> None:
+    """One measurement costs far more than 0.1 % of these few fast steps: every scheduled one is
+    deferred, said once, the waiting ones are taken together at the end, and the counts are
+    reported; the start measurement is never deferred."""
+    cb, messages, log_dir = _fit(tmp_path, 6, max_overhead=0.001)
+    budget = cb._budget
+    steps = [m.step for m in cb.measurements]
+    assert steps[0] == 0 and cb.measurements[0].trigger == "start" and not cb.failures
+    assert len(steps) < 7 and budget.deferred > 0 and budget.pending == []
+    assert len(steps) == 1 + 6 - budget.merged  # start + six scheduled, less those taken together
+    late = [m.trigger for m in cb.measurements if "deferred from" in m.trigger]
+    assert late and all(t.startswith("every_n_steps(deferred from ") for t in late)
+    deferred_from = sorted(int(p.split("deferred from ")[1].rstrip(")")) for t in late for p in t.split("+") if "(" in p)
+    on_time = [m.step for m in cb.measurements[1:] if "deferred" not in m.trigger]
+    assert sorted(deferred_from + on_time) == [1, 2, 3, 4, 5, 6]  # every scheduled step accounted for once
+    notices = [m for m in messages if "is deferred" in m]
+    summaries = [m for m in messages if "were deferred" in m]
+    assert len(notices) == 1 and "max_overhead=0.001" in notices[0] and "max_overhead=None" in notices[0]
+    assert len(summaries) == 1 and f"{budget.deferred} scheduled measurement(s) were deferred" in summaries[0]
+    if budget.merged:
+        assert f"{budget.merged} fewer measurements were taken than scheduled" in summaries[0]
+    header, *rows = (log_dir / "metrics.csv").read_text().splitlines()
+    columns = header.split(",")
+    assert {"stiffness/cost/share", "stiffness/cost/deferred", "stiffness/cost/merged"} <= set(columns)
+    last = [r.split(",") for r in rows if r.split(",")[columns.index("stiffness/cost/deferred")]][-1]
+    share = float(last[columns.index("stiffness/cost/share")])
+    assert 0 < share < 1 and math.isfinite(share)
+    assert float(last[columns.index("stiffness/cost/deferred")]) == budget.deferred
+
+
+def test_no_budget_measures_every_scheduled_step(tmp_path: Path) -> None:
+    cb, messages, _ = _fit(tmp_path, 4, max_overhead=None)
+    assert [(m.step, m.trigger) for m in cb.measurements] == [(0, "start")] + [(s, "every_n_steps") for s in (1, 2, 3, 4)]
+    assert cb._budget.deferred == 0 and not [m for m in messages if "deferred" in m]
+    assert cb._budget.spent > 0  # still counted: cost/share is logged
+
+
+def test_save_matrices_none_writes_small_files_without_matrices(tmp_path: Path) -> None:
+    gram, _, _ = _fit(tmp_path / "gram", 1, max_overhead=None)
+    none, _, _ = _fit(tmp_path / "none", 1, max_overhead=None, save_matrices="none")
+    n = gram.measurements[0].num_examples
+    gram_size, none_size = (Path(cb.saved_files[0]).stat().st_size for cb in (gram, none))
+    assert gram_size - none_size >= 4 * n * n  # the float32 Gram is what "none" leaves out
+    loaded = load_measurements(Path(none.saved_files[0]).parent)
+    assert [m.has_matrices for m in loaded] == [False, False] and loaded[0].gram.shape == (0, 0)
+    assert loaded[0].summaries["sign"]["all"].within == pytest.approx(none.measurements[0].summaries["sign"]["all"].within)
+    assert all(load_measurements(Path(gram.saved_files[0]).parent)[i].has_matrices for i in (0, 1))
+
+
+def test_settings_validate_the_budget_and_the_saved_matrices() -> None:
+    assert StiffnessCallback().settings.schedule.max_overhead == 0.05
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="max_overhead"):
+            StiffnessCallback(max_overhead=bad)
+    with pytest.raises(ValueError, match="save_matrices"):
+        StiffnessCallback(save_matrices="sign")

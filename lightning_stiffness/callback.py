@@ -276,10 +276,14 @@ class StiffnessCallback(Callback):
             return None
         decision = budget.decide(step, trigger, self._train_seconds()) if trainer.is_global_zero else None
         if is_distributed():
-            shared = (decision.trigger, budget.state_dict()) if decision is not None else None
-            label, state = trainer.strategy.broadcast(shared, src=0)
+            shared: tuple[str | None, dict[str, Any]] | None = (
+                (decision.trigger, budget.state_dict()) if decision is not None else None
+            )
+            shared = trainer.strategy.broadcast(shared, src=0)
+            assert shared is not None  # rank 0 always decides here
+            label = shared[0]
             if not trainer.is_global_zero:
-                budget.follow(state)
+                budget.follow(shared[1])
         else:
             label = decision.trigger if decision is not None else None
         if decision is not None and decision.notice:

@@ -129,17 +129,14 @@ def _fsdp1_rank(rank: int, world: int, out: str) -> None:
 
 
 def _probe_callback(save_dir: str, **extra: Any) -> Any:
-    """The callback both multi-process fits use: 4 train examples per class, every 2 steps."""
+    """The callback the multi-process fits use: 4 train examples per class, every 2 steps, the
+    exact schedule (``max_overhead=None``); ``extra`` settings override these."""
     from lightning_stiffness import StiffnessCallback
 
-    return StiffnessCallback(
-        every_n_steps=2,
-        per_class=4,
-        splits=("train",),
-        log_images=False,
-        save_dir=save_dir,
-        **{"max_overhead": None, **extra},  # the exact schedule unless a test sets a budget
+    settings: dict[str, Any] = dict(
+        every_n_steps=2, per_class=4, splits=("train",), log_images=False, save_dir=save_dir, max_overhead=None
     )
+    return StiffnessCallback(**{**settings, **extra})
 
 
 def _fit(out: str, with_callback: bool) -> dict[str, torch.Tensor]:

@@ -555,7 +555,7 @@ class StiffnessCallback(Callback):
     def _logged_scalars(self, m: Measurement) -> dict[str, float]:
         """Every scalar of a measurement as logged: ``stiffness/...`` statistics, the share of the
         training wall-clock the callback has taken so far (everything it did before this
-        measurement's own saving and logging), how many scheduled measurements the time budget
+        measurement, which counts from the next one on), how many scheduled measurements the time budget
         deferred and merged so far, the smoothed training loss."""
         metrics = scalar_metrics(m)
         share = self._budget.share(self._train_seconds())

@@ -90,3 +90,15 @@ def test_settings_validate_the_budget_and_the_saved_matrices() -> None:
             StiffnessCallback(max_overhead=bad)
     with pytest.raises(ValueError, match="save_matrices"):
         StiffnessCallback(save_matrices="sign")
+
+
+def test_budget_state_is_checkpointed_and_old_checkpoints_keep_their_seconds() -> None:
+    cb = StiffnessCallback(max_overhead=0.1)
+    cb._budget.record(2.0)
+    cb._budget.decide(50, "every_n_steps", 3.0)  # deferred: (2 + 2) / (3 + 2) > 0.1
+    restored = StiffnessCallback(max_overhead=0.1)
+    restored.load_state_dict(cb.state_dict())
+    assert restored._budget == cb._budget and restored._budget.pending == [(50, "every_n_steps")]
+    old = StiffnessCallback()
+    old.load_state_dict({"measure_seconds": 3.5})  # written before the budget existed
+    assert old._budget.spent == 3.5 and old._budget.deferred == 0

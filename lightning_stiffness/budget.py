@@ -152,8 +152,16 @@ class OverheadBudget:
     @staticmethod
     def label(trigger: str, pending: list[tuple[int, str]]) -> str:
         """Trigger label of a measurement that also takes the waiting ones, e.g.
-        ``"every_n_steps(deferred from 150)"``; ``trigger`` may be empty."""
-        parts = [f"{t}(deferred from {s})" for s, t in pending]
+        ``"every_n_steps(deferred from 150)"``, or for several waiting ones of one trigger
+        ``"every_n_steps(3 deferred from 50-150)"`` (their count, first and last step: the label
+        stays short however long they waited); ``trigger`` may be empty."""
+        steps: dict[str, list[int]] = {}
+        for s, t in pending:
+            steps.setdefault(t, []).append(s)
+        parts = [
+            f"{t}(deferred from {s[0]})" if len(s) == 1 else f"{t}({len(s)} deferred from {s[0]}-{s[-1]})"
+            for t, s in steps.items()
+        ]
         return "+".join([*parts, *([trigger] if trigger else [])])
 
     def summary(self) -> str:

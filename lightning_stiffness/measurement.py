@@ -11,6 +11,7 @@ and ``writer``. Files without ``format_version`` were written by lightning-stiff
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -391,8 +392,17 @@ def _warn_notes(notes: list[str], where: str) -> None:
         )
 
 
+#: Longest trigger part of a file name; a longer trigger is cut and told apart by a hash of it.
+MAX_TRIGGER_CHARS = 96
+
+
 def measurement_filename(m: Measurement) -> str:
+    """``measurement-<step>-<trigger>.pt``, the trigger made safe for file names and at most
+    :data:`MAX_TRIGGER_CHARS` long (file systems refuse names over 255 bytes)."""
     trigger = "".join(c if c.isalnum() or c in "._-" else "_" for c in m.trigger)
+    if len(trigger) > MAX_TRIGGER_CHARS:
+        digest = hashlib.sha1(m.trigger.encode()).hexdigest()[:10]
+        trigger = f"{trigger[: MAX_TRIGGER_CHARS - 11]}-{digest}"
     return f"measurement-{m.step:09d}-{trigger}.pt"
 
 

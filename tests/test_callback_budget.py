@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_stiffness import StiffnessCallback, load_measurements
+from lightning_stiffness.measurement import measurement_filename, save_measurement
 from tests.lightning_helpers import TinyClassifier, loaders, trainer
 
 
@@ -37,13 +39,20 @@ def test_a_tight_budget_defers_scheduled_measurements_and_says_so(tmp_path: Path
     assert len(steps) < 7 and budget.deferred > 0 and budget.pending == []
     assert len(steps) == 1 + 6 - budget.merged  # start + six scheduled, less those taken together
     late = [m.trigger for m in cb.measurements if "deferred from" in m.trigger]
-    assert late and all(t.startswith("every_n_steps(deferred from ") for t in late)
-    # each scheduled step is in exactly one measurement's label: "(deferred from s)", or due at its own step
-    scheduled = [
-        int(part.split("deferred from ")[1].rstrip(")")) if "(" in part else m.step
-        for m in cb.measurements[1:]
-        for part in m.trigger.split("+")
-    ]
+    assert late and all(t.startswith("every_n_steps(") for t in late)
+    # each scheduled step is in exactly one measurement's label: "(deferred from s)", "(k deferred
+    # from a-b)" (every_n_steps=1: the steps a..b), or due at its own step
+    scheduled: list[int] = []
+    for m in cb.measurements[1:]:
+        for part in m.trigger.split("+"):
+            if "(" not in part:
+                scheduled.append(m.step)
+                continue
+            inner = part.split("(")[1].rstrip(")")
+            count, first_last = inner.split(" deferred from ") if inner[0].isdigit() else ("1", inner.split()[-1])
+            first, last = (int(x) for x in (first_last.split("-") * 2)[:2])
+            assert last - first + 1 == int(count)
+            scheduled.extend(range(first, last + 1))
     assert sorted(scheduled) == [1, 2, 3, 4, 5, 6]
     notices = [m for m in messages if "is deferred" in m]
     summaries = [m for m in messages if "were deferred" in m]
@@ -102,3 +111,14 @@ def test_budget_state_is_checkpointed_and_old_checkpoints_keep_their_seconds() -
     old = StiffnessCallback()
     old.load_state_dict({"measure_seconds": 3.5})  # written before the budget existed
     assert old._budget.spent == 3.5 and old._budget.deferred == 0
+
+
+def test_a_long_trigger_gives_a_short_distinct_file_name(tmp_path: Path) -> None:
+    """Triggers joined with ``+`` can grow long; file systems refuse names over 255 bytes."""
+    cb, _, _ = _fit(tmp_path, 1, max_overhead=None)
+    m = cb.measurements[-1]
+    triggers = ["+".join(f"loss<={t}" for t in range(k, k + 60)) for k in (0, 1)]
+    names = [measurement_filename(dataclasses.replace(m, trigger=t)) for t in triggers]
+    assert names[0] != names[1] and all(len(n) < 140 for n in names)
+    saved = Path(save_measurement(dataclasses.replace(m, trigger=triggers[0]), tmp_path / "long"))
+    assert load_measurements(saved)[0].trigger == triggers[0]

@@ -114,7 +114,7 @@ def small_cnn_case(n: int, device: torch.device, channels: tuple[int, int, int] 
         model.to(device),
         torch.randn(n, 3, 32, 32, device=device),
         torch.randint(0, 10, (n,), device=device),
-        skip={"ghost": GHOST_ON_EARLY_CONVS},
+        skip={"kernel_trick": GHOST_ON_EARLY_CONVS},
     )
 
 
@@ -127,7 +127,7 @@ def resnet18_case(n: int, device: torch.device) -> BenchCase:
         model.to(device),
         torch.randn(n, 3, 32, 32, device=device),
         torch.randint(0, 10, (n,), device=device),
-        skip={"ghost": GHOST_ON_EARLY_CONVS},
+        skip={"kernel_trick": GHOST_ON_EARLY_CONVS},
     )
 
 
@@ -221,8 +221,8 @@ def run_case(case: BenchCase, device: torch.device, repeats: int, with_recipe: b
     model.eval()
     methods: dict[str, Callable[[], Tensor | None]] = {
         "auto": lambda: per_example_gram(model, x, y, method="auto"),
-        "ghost": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="ghost"),
-        "materialize": lambda: per_example_gram(model, x, y, method="kernel", layer_strategy="materialize"),
+        "kernel_trick": lambda: per_example_gram(model, x, y, method="hooks", layer_path="kernel_trick"),
+        "materialize": lambda: per_example_gram(model, x, y, method="hooks", layer_path="materialize"),
         "vmap": lambda: per_example_gram(model, x, y, method="vmap"),
         "step": lambda: training_step(model, x, y),
     }

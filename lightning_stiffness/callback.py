@@ -28,7 +28,7 @@ from lightning_stiffness.analytics import capture_representations, cosine_distan
 from lightning_stiffness.budget import OverheadBudget
 from lightning_stiffness.gram import GramResult, per_example_gram, select_parameters
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
-from lightning_stiffness.gram.inputs import ProbeBatch
+from lightning_stiffness.gram.inputs import ExampleBatch
 from lightning_stiffness.gram.sharding import is_sharded
 from lightning_stiffness.log import custom_scalars_layout, image_loggers, log_images, log_scalars, tensorboard_writers
 from lightning_stiffness.measurement import (
@@ -58,7 +58,7 @@ from lightning_stiffness.settings import (
     resolve_settings,
     settings_record,
 )
-from lightning_stiffness.strategies import ProbeTarget, probe_target, strategy_problem
+from lightning_stiffness.strategies import CallTarget, call_target, strategy_problem
 from lightning_stiffness.structure import CallPlan, ProbeStructureError, find_call_plan
 
 __all__ = ["StiffnessCallback"]
@@ -374,7 +374,7 @@ class StiffnessCallback(Callback):
 
     def _resolve_directory(self, trainer: Trainer) -> Path:
         """Where measurements go. Reads ``trainer.log_dir``, a collective under multi-process
-        strategies, so it is called on every rank at the same point (``on_train_start``)."""
+        paths, so it is called on every rank at the same point (``on_train_start``)."""
         if self.settings.output.save_dir:
             return Path(self.settings.output.save_dir)
         return Path(trainer.log_dir or trainer.default_root_dir) / "stiffness"
@@ -468,7 +468,7 @@ class StiffnessCallback(Callback):
         to call it (see :mod:`~lightning_stiffness.structure`); refuse at the start of training,
         with the line to write, when there is none — never fail at every step."""
         module = self._measured_module(pl_module)
-        with probe_target(trainer, pl_module, module, self.module_attr) as target:
+        with call_target(trainer, pl_module, module, self.module_attr) as target:
             through_wrapper = target.model is not module
             sharded = is_sharded(target.model, target.model.parameters())
             device = next(target.model.parameters()).device
@@ -505,7 +505,7 @@ class StiffnessCallback(Callback):
     def _probe_on(self, device: torch.device) -> tuple[Any, Tensor]:
         assert self._probe is not None
         if self._device_probe is None or self._device_probe[0] != device:
-            batch = ProbeBatch.create(self._probe.inputs, self._probe.targets).map_tensors(lambda t: t.to(device))
+            batch = ExampleBatch.create(self._probe.inputs, self._probe.targets).map_tensors(lambda t: t.to(device))
             self._device_probe = (device, batch.inputs, batch.targets)
         return self._device_probe[1], self._device_probe[2]
 
@@ -530,7 +530,7 @@ class StiffnessCallback(Callback):
         try:
             self._prepare_probe(trainer, pl_module)
             module = self._measured_module(pl_module)
-            with probe_target(trainer, pl_module, module, self.module_attr) as target:
+            with call_target(trainer, pl_module, module, self.module_attr) as target:
                 result, gram_seconds = self._gram(target)
                 # a forward: under FSDP every rank must take part in its parameter gathers
                 distances = self._representation_distances(target)
@@ -581,7 +581,7 @@ class StiffnessCallback(Callback):
             if key.startswith("stiffness/") and math.isfinite(value):
                 trainer.callback_metrics[key] = torch.tensor(value, device=device)
 
-    def _gram(self, target: ProbeTarget) -> tuple[GramResult, float]:
+    def _gram(self, target: CallTarget) -> tuple[GramResult, float]:
         device = next(target.model.parameters()).device
         inputs, targets = self._probe_on(device)
         start = time.perf_counter()
@@ -601,7 +601,7 @@ class StiffnessCallback(Callback):
         """Compare the first ``verify`` rows of the Gram with an independent per-example loop."""
         k = min(self.settings.gram.verify, gram.shape[0])
         inputs, targets = self._probe_on(next(module.parameters()).device)
-        subset = ProbeBatch.create(inputs, targets).rows(0, k)
+        subset = ExampleBatch.create(inputs, targets).rows(0, k)
         reference = per_example_gram(
             module,
             subset.inputs,
@@ -620,7 +620,7 @@ class StiffnessCallback(Callback):
                 "stiffness values are unreliable. Check the model, or pass method='loop'."
             )
 
-    def _representation_distances(self, target: ProbeTarget) -> dict[str, Tensor]:
+    def _representation_distances(self, target: CallTarget) -> dict[str, Tensor]:
         if not self.settings.measure.representation_layers:
             return {}
         inputs, _ = self._probe_on(next(target.model.parameters()).device)
@@ -655,7 +655,7 @@ class StiffnessCallback(Callback):
             measurement = analyze_without_classes(result.gram, self._probe.splits, self._probe.split_names, **common)
         else:
             measurement = analyze(result.gram, labels, self._probe.splits, self._probe.split_names, **common)
-        measurement.strategies = result.strategies
+        measurement.paths = result.paths
         measurement.train_loss = self.schedule.smoothed_loss
         return measurement
 

@@ -113,7 +113,7 @@ class Measurement:
             layer-wise stiffness is on).
         train_loss: smoothed training loss at the time (None if unknown).
         seconds: wall-clock cost of the whole measurement; gram_seconds: of the Gram alone.
-        strategies: exact path taken per parameter (see :class:`~lightning_stiffness.GramResult`).
+        paths: exact path taken per parameter (see :class:`~lightning_stiffness.GramResult`).
         superclass: per kind (``sign``/``cos``), same- vs different-super-class statistics of
             the class matrix (when a super-class map is configured).
         metrics: the trainer's scalar ``callback_metrics`` at the time (e.g. the last ``val_loss``),
@@ -150,7 +150,7 @@ class Measurement:
     train_loss: float | None = None
     seconds: float = math.nan
     gram_seconds: float = math.nan
-    strategies: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
     superclass: dict[str, SuperclassStats] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     class_statistics: bool = True

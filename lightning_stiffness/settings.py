@@ -131,7 +131,7 @@ class GramSettings:
     """How the per-example-gradient Gram is computed (see :func:`~lightning_stiffness.per_example_gram`).
 
     Args:
-        method: ``"auto"``, ``"kernel"``, ``"vmap"`` or ``"loop"``.
+        method: ``"auto"``, ``"hooks"``, ``"vmap"`` or ``"loop"``.
         params: restrict the gradient to these parameters/modules (names or objects).
         memory_budget: bytes of temporaries for the Gram (default: automatic).
         loss_fn: ``callable(outputs, targets) -> (N,)`` per-example losses (default:

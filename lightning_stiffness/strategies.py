@@ -28,7 +28,7 @@ from torch import nn
 from lightning_stiffness.gram import GramResult
 from lightning_stiffness.gram.sharding import is_fsdp1_wrapper
 
-__all__ = ["probe_target", "strategy_problem"]
+__all__ = ["call_target", "strategy_problem"]
 
 SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy, FSDPStrategy)
 
@@ -39,7 +39,7 @@ def strategy_problem(strategy: Strategy) -> str | None:
         return (
             f"supports single-device, DDP, FSDP (FSDPStrategy) and ModelParallelStrategy (FSDP2) training, not "
             f"{type(strategy).__name__}: its wrapper (e.g. DeepSpeed's engine) hides the layers that per-example "
-            "gradients are read from. Use one of those strategies, or remove the callback for this run."
+            "gradients are read from. Use one of those paths, or remove the callback for this run."
         )
     if isinstance(strategy, FSDPStrategy) and not strategy.kwargs.get("use_orig_params", True):
         return (
@@ -56,7 +56,7 @@ def strategy_problem(strategy: Strategy) -> str | None:
 
 
 @dataclass
-class ProbeTarget:
+class CallTarget:
     """The module the engine calls, and where the measured module sits inside it.
 
     Names inside ``model`` are the measured module's names behind ``prefix`` (``"model."`` for
@@ -91,27 +91,27 @@ class ProbeTarget:
         return replace(
             result,
             blocks={k[cut:] if k.startswith(self.prefix) else k: v for k, v in result.blocks.items()},
-            strategies={k[cut:] if k.startswith(self.prefix) else k: v for k, v in result.strategies.items()},
+            paths={k[cut:] if k.startswith(self.prefix) else k: v for k, v in result.paths.items()},
         )
 
 
 @contextmanager
-def probe_target(
+def call_target(
     trainer: Trainer, pl_module: LightningModule, measured: nn.Module, attr: str | None
-) -> Iterator[ProbeTarget]:
-    """The :class:`ProbeTarget` for this trainer's strategy, valid inside the ``with`` block."""
+) -> Iterator[CallTarget]:
+    """The :class:`CallTarget` for this trainer's strategy, valid inside the ``with`` block."""
     root = trainer.strategy.model if isinstance(trainer.strategy, FSDPStrategy) else None
     if root is None or root is measured or not is_fsdp1_wrapper(root):
-        yield ProbeTarget(measured)
+        yield CallTarget(measured)
         return
     if measured is pl_module:
-        yield ProbeTarget(root)
+        yield CallTarget(root)
         return
     had_own_forward = "forward" in pl_module.__dict__
     own_forward = pl_module.__dict__.get("forward")
     pl_module.forward = measured.__call__  # type: ignore[method-assign]
     try:
-        yield ProbeTarget(root, f"{attr}.", measured)
+        yield CallTarget(root, f"{attr}.", measured)
     finally:
         if had_own_forward:
             pl_module.forward = own_forward  # type: ignore[method-assign,assignment]

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_stiffness.gram.context import probe_mode
-from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses
+from lightning_stiffness.gram.context import measurement_mode
+from lightning_stiffness.gram.inputs import ExampleBatch, LossFn, call_model, per_example_losses
 
 __all__ = ["CallPlan", "ProbeStructureError", "find_call_plan"]
 
@@ -79,11 +79,11 @@ class _LossProblem(Exception):
     """The forward ran, the loss on its outputs did not: no other way of calling helps."""
 
 
-def _try(module: nn.Module, batch: ProbeBatch, plan: CallPlan, loss_fn: LossFn | None) -> str | None:
+def _try(module: nn.Module, batch: ExampleBatch, plan: CallPlan, loss_fn: LossFn | None) -> str | None:
     """``None`` if the module runs on the two examples and the loss has one entry per example,
     else the forward's error (type and first line). A loss error raises :class:`_LossProblem`."""
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    with torch.no_grad(), probe_mode(module, device), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), measurement_mode(module, device), torch.random.fork_rng(devices=[]):
         try:
             outputs = call_model(module, plan.transform(batch.inputs))
         except Exception as err:  # the user's code may raise anything
@@ -114,7 +114,7 @@ def find_call_plan(
 
     Raises :class:`ProbeStructureError` with the fix when no unambiguous way works.
     """
-    batch = ProbeBatch.create(inputs, targets).rows(0, DRY_RUN_EXAMPLES)
+    batch = ExampleBatch.create(inputs, targets).rows(0, DRY_RUN_EXAMPLES)
     if to_device is not None:
         batch = batch.map_tensors(to_device)
     module = root.get_submodule(module_attr) if module_attr else root
@@ -136,7 +136,7 @@ def _search(
     root: nn.Module,
     module: nn.Module,
     module_attr: str | None,
-    batch: ProbeBatch,
+    batch: ExampleBatch,
     loss_fn: LossFn | None,
     search_children: bool,
 ) -> CallPlan:

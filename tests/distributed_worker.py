@@ -41,7 +41,7 @@ def _engine_rank(rank: int, world: int, out: str) -> None:
         {
             "gram": result.gram,
             "blocks": result.blocks,
-            "strategies": result.strategies,
+            "paths": result.paths,
             "grads_untouched": grads_untouched,
         },
         f"{out}/engine_rank{rank}.pt",
@@ -65,7 +65,7 @@ def _fsdp_rank(rank: int, world: int, out: str) -> None:
     result = distributed_gram(model, x, y, return_blocks=True)
     still_sharded = all(isinstance(p, DTensor) for p in model.parameters())
     torch.save(
-        {"gram": result.gram, "blocks": result.blocks, "strategies": result.strategies, "still_sharded": still_sharded},
+        {"gram": result.gram, "blocks": result.blocks, "paths": result.paths, "still_sharded": still_sharded},
         f"{out}/fsdp_rank{rank}.pt",
     )
     dist.destroy_process_group()
@@ -117,7 +117,7 @@ def _fsdp1_rank(rank: int, world: int, out: str) -> None:
         {
             "gram": result.gram,
             "blocks": result.blocks,
-            "strategies": result.strategies,
+            "paths": result.paths,
             "grads_equal": probed_grads.keys() == plain_grads.keys()
             and all(torch.equal(probed_grads[k], plain_grads[k]) for k in plain_grads),
             "flat_error": flat_error,
@@ -199,8 +199,8 @@ def _fit_fsdp1(out: str, with_callback: bool) -> tuple[int, dict[str, torch.Tens
         weights = {k.replace("_fsdp_wrapped_module.", ""): v.clone() for k, v in root.state_dict().items()}
     failures = callbacks[0].failures if callbacks else []
     assert not failures, failures
-    strategies = [m.strategies for m in callbacks[0].measurements] if callbacks else []
-    return fit_trainer.global_rank, weights, strategies
+    paths = [m.paths for m in callbacks[0].measurements] if callbacks else []
+    return fit_trainer.global_rank, weights, paths
 
 
 def _cpu_fsdp_strategy() -> Any:
@@ -232,11 +232,11 @@ def _fit_ddp_defaults(out: str, strategy: str) -> None:
 
     L.seed_everything(0, verbose=False)
     model = FullyShardedTinyClassifier(dropout=0.0) if strategy == "model-parallel" else TinyClassifier(dropout=0.0)
-    strategies: dict[str, Any] = {"fsdp1": _cpu_fsdp_strategy, "model-parallel": ModelParallelStrategy}
+    paths: dict[str, Any] = {"fsdp1": _cpu_fsdp_strategy, "model-parallel": ModelParallelStrategy}
     callback = StiffnessCallback(every_n_steps=3, per_class=4, max_overhead=None)  # the exact schedule
     fit_trainer = L.Trainer(
         accelerator="cpu",
-        strategy=strategies[strategy]() if strategy in strategies else strategy,
+        strategy=paths[strategy]() if strategy in paths else strategy,
         devices=2,
         max_steps=6,
         callbacks=[callback],
@@ -301,9 +301,9 @@ def main() -> None:
             torch.save({"plain": plain, "probed": probed}, f"{out}/mp_weights.pt")
     elif mode == "lightning-fsdp1":
         rank, plain, _ = _fit_fsdp1(out, False)
-        _, probed, strategies = _fit_fsdp1(out, True)
+        _, probed, paths = _fit_fsdp1(out, True)
         if rank == 0:
-            torch.save({"plain": plain, "probed": probed, "strategies": strategies}, f"{out}/fsdp1_weights.pt")
+            torch.save({"plain": plain, "probed": probed, "paths": paths}, f"{out}/fsdp1_weights.pt")
     elif mode.startswith("defaults-"):
         _fit_ddp_defaults(out, mode.removeprefix("defaults-"))
     elif mode == "ddp-budget":

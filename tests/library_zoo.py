@@ -452,9 +452,9 @@ def measure(name: str) -> Measurement:
             case.model, case.inputs, case.targets, loss_fn=loss_of(case), method="vmap", return_blocks=False
         )
     paths: dict[str, int] = {}
-    for strategy in auto.strategies.values():
+    for strategy in auto.paths.values():
         paths[strategy] = paths.get(strategy, 0) + 1
-    fallback = [k for k, v in auto.strategies.items() if v.startswith("fallback") or v in ("vmap", "loop")]
+    fallback = [k for k, v in auto.paths.items() if v.startswith("fallback") or v in ("vmap", "loop")]
     return Measurement(
         name,
         sum(p.numel() for p in case.model.parameters()),

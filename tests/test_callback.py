@@ -82,7 +82,7 @@ def test_measurement_contents_match_analytics(tmp_path: Path) -> None:
     assert set(m.summaries["sign"]) == {"all", "train-train", "train-val", "val-val"}
     assert {"input/sign/zero_crossing", "input/cos/linear_fit"} <= set(m.critical_lengths)
     assert m.seconds > 0 and m.gram_seconds > 0
-    assert all(s in ("ghost", "materialize", "dense") for s in m.strategies.values())
+    assert all(s in ("kernel_trick", "materialize", "dense") for s in m.paths.values())
 
 
 def test_loss_threshold_trigger(tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_torch_compiled_module(tmp_path: Path) -> None:
     train, val = loaders()
     trainer(tmp_path, [cb], max_epochs=1).fit(Compiled(), train, val)
     assert cb.measurements and not cb.failures
-    assert all(s != "fallback-vmap" for s in cb.measurements[-1].strategies.values())
+    assert all(s != "fallback-vmap" for s in cb.measurements[-1].paths.values())
 
 
 def test_measurement_under_no_grad_and_inference_mode(tmp_path: Path) -> None:

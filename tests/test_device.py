@@ -3,7 +3,7 @@
 Skipped unless ``STIFFNESS_TEST_DEVICE`` names an available device (default ``cuda``); set it to
 ``cpu`` to check the tests themselves on a machine without a GPU. On the device: every zoo model
 and method against the float64 per-example loop computed on the CPU, and one-device Lightning fits
-under the single-device, DDP, FSDP (FSDP1) and ModelParallelStrategy (FSDP2) strategies whose
+under the single-device, DDP, FSDP (FSDP1) and ModelParallelStrategy (FSDP2) paths whose
 step-0 Gram must equal the engine's Gram of the initial model and whose training must be
 unchanged by the callback.
 """
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_stiffness import StiffnessCallback, load_measurements, per_example_gram
-from lightning_stiffness.gram.inputs import ProbeBatch
+from lightning_stiffness.gram.inputs import ExampleBatch
 from lightning_stiffness.probe import choose_probe, collate_probe
 from tests.conftest import double_model, rel_err, to_double
 from tests.lightning_helpers import FullyShardedTinyClassifier, TinyClassifier, tiny_data, trainer
@@ -45,7 +45,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("method", ["auto", "kernel", "vmap"])
+@pytest.mark.parametrize("method", ["auto", "hooks", "vmap"])
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_on_device_matches_the_float64_cpu_loop(name: str, method: str) -> None:
     if name == "tiny_bert":
@@ -53,7 +53,7 @@ def test_zoo_on_device_matches_the_float64_cpu_loop(name: str, method: str) -> N
     case = ZOO[name]()
     reference = per_example_gram(double_model(case.model), to_double(case.inputs), case.targets, method="loop")
     model = copy.deepcopy(case.model).to(DEVICE)
-    batch = ProbeBatch.create(case.inputs, case.targets).map_tensors(lambda t: t.to(DEVICE))
+    batch = ExampleBatch.create(case.inputs, case.targets).map_tensors(lambda t: t.to(DEVICE))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the fallback warning of some zoo models
         gram = per_example_gram(model, batch.inputs, batch.targets, method=method)

@@ -70,8 +70,8 @@ def _engine_results(tmp_path: Path, mode: str) -> list[dict]:
         assert res["blocks"].keys() == reference.blocks.keys()
         for name, block in reference.blocks.items():
             torch.testing.assert_close(res["blocks"][name], block, rtol=1e-5, atol=1e-6)
-        assert res["strategies"].keys() == reference.strategies.keys()
-        assert not any(s.startswith("fallback") for s in res["strategies"].values())
+        assert res["paths"].keys() == reference.paths.keys()
+        assert not any(s.startswith("fallback") for s in res["paths"].values())
     return results
 
 
@@ -137,8 +137,8 @@ def test_callback_under_lightning_fsdp1(tmp_path: Path) -> None:
     )
     assert [m.step for m in measurements] == [0, 2, 4]
     assert "layer:1/sign/zero_crossing" in measurements[0].critical_lengths
-    strategies = torch.load(tmp_path / "fsdp1_weights.pt")["strategies"]
-    assert set(strategies[0]) == {"0.weight", "0.bias", "3.weight", "3.bias"}
+    paths = torch.load(tmp_path / "fsdp1_weights.pt")["paths"]
+    assert set(paths[0]) == {"0.weight", "0.bias", "3.weight", "3.bias"}
 
 
 def test_callback_under_ddp(tmp_path: Path) -> None:

@@ -72,10 +72,10 @@ def test_auto_matches_float64_loop_with_only_known_fallbacks(name: str) -> None:
     result = run(case, method="auto")
     assert result.nonfinite_examples == 0
     assert rel_err(result.gram, ref) <= 1e-5
-    assert result.method == "kernel"
+    assert result.method == "hooks"
     trainable = {k for k, p in case.model.named_parameters() if p.requires_grad}
-    assert set(result.strategies) == trainable
-    unexpected = {k for k, v in result.strategies.items() if v in FALLBACK_PATHS and not fallback_allowed(name, k)}
+    assert set(result.paths) == trainable
+    unexpected = {k for k, v in result.paths.items() if v in FALLBACK_PATHS and not fallback_allowed(name, k)}
     assert not unexpected, f"parameters without a layer rule: {sorted(unexpected)}"
 
 
@@ -208,17 +208,17 @@ def test_registered_names_exist_in_installed_transformers() -> None:
         assert hasattr(importlib.import_module(module), cls), qualified
 
 
-@pytest.mark.parametrize("layer_strategy", ["ghost", "materialize"])
-def test_gpt2_conv1d_rule_in_both_kronecker_paths(layer_strategy: str) -> None:
+@pytest.mark.parametrize("layer_path", ["kernel_trick", "materialize"])
+def test_gpt2_conv1d_rule_in_both_kronecker_paths(layer_path: str) -> None:
     pytest.importorskip("transformers")
     case, ref = case_and_reference("gpt2/left/eager")
-    result = run(case, method="kernel", layer_strategy=layer_strategy)
+    result = run(case, method="hooks", layer_path=layer_path)
     assert rel_err(result.gram, ref) <= 1e-5
     conv1d = [n for n, m in case.model.named_modules() if type(m).__name__ == "Conv1D"]
     assert conv1d and all(isinstance(find_rule(case.model.get_submodule(n)), HFConv1DRule) for n in conv1d)
     for n in conv1d:
-        assert result.strategies[f"{n}.weight"] == layer_strategy
-        assert result.strategies[f"{n}.bias"] == "dense"
+        assert result.paths[f"{n}.weight"] == layer_path
+        assert result.paths[f"{n}.bias"] == "dense"
 
 
 class NormNet(nn.Module):
@@ -250,10 +250,10 @@ def test_each_registered_rms_norm_class_matches_loop(qualified: str) -> None:
     assert isinstance(find_rule(norm), HFRMSNormRule)
     model, x, y = _norm_case(norm)
     ref = per_example_gram(copy.deepcopy(model).double(), x.double(), y, method="loop")
-    result = per_example_gram_blocks(model, x, y, method="kernel")
+    result = per_example_gram_blocks(model, x, y, method="hooks")
     assert rel_err(result.gram, ref) <= 1e-5
     assert rel_err(result.blocks["norm"], _norm_block_reference(model, x, y)) <= 1e-5
-    assert result.strategies["norm.weight"] == "dense"
+    assert result.paths["norm.weight"] == "dense"
 
 
 def _norm_block_reference(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -287,10 +287,10 @@ def test_each_registered_scaled_embedding_class_matches_loop(qualified: str) -> 
     ids[3, 1:] = 0
     y = torch.randint(0, 3, (5,))
     ref = per_example_gram(copy.deepcopy(model).double(), ids, y, method="loop")
-    for layer_strategy in ("ghost", "materialize"):
-        result = per_example_gram_blocks(model, ids, y, method="kernel", layer_strategy=layer_strategy)
+    for layer_path in ("kernel_trick", "materialize"):
+        result = per_example_gram_blocks(model, ids, y, method="hooks", layer_path=layer_path)
         assert rel_err(result.gram, ref) <= 1e-5
-        assert result.strategies["emb.weight"] == layer_strategy
+        assert result.paths["emb.weight"] == layer_path
 
 
 class SquaredScaleRMSNorm(nn.Module):
@@ -331,6 +331,6 @@ def test_name_registered_rule_refuses_a_forward_with_other_math(module_cls: type
         ref = per_example_gram(copy.deepcopy(model).double(), x.double(), y, method="loop")
         result = run(Case("fake", model, x, y), method="auto")
         assert rel_err(result.gram, ref) <= 1e-5
-        assert result.strategies["norm.weight"] in FALLBACK_PATHS
+        assert result.paths["norm.weight"] in FALLBACK_PATHS
     finally:
         base._BY_NAME.pop(qualified, None)

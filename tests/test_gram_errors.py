@@ -15,7 +15,7 @@ from tests.zoo import ZOO
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-METHODS = ["kernel", "vmap", "loop", "auto"]
+METHODS = ["hooks", "vmap", "loop", "auto"]
 
 
 def small_mlp() -> nn.Module:
@@ -47,7 +47,7 @@ def test_loss_fn_returning_a_scalar(method: str) -> None:
         per_example_gram(small_mlp(), torch.randn(5, 4), torch.randint(0, 3, (5,)), loss_fn=mean_loss, method=method)
 
 
-@pytest.mark.parametrize("method", ["kernel", "loop"])
+@pytest.mark.parametrize("method", ["hooks", "loop"])
 def test_loss_fn_with_wrong_shape(method: str) -> None:
     def token_losses(outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets, reduction="none").repeat(2)
@@ -66,8 +66,8 @@ def test_unknown_method_and_layer_strategy() -> None:
     x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
     with pytest.raises(ValueError, match=r"method must be one of .*'jacrev'"):
         per_example_gram(small_mlp(), x, y, method="jacrev")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="layer_strategy must be"):
-        per_example_gram(small_mlp(), x, y, layer_strategy="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="layer_path must be"):
+        per_example_gram(small_mlp(), x, y, layer_path="fast")  # type: ignore[arg-type]
 
 
 def test_unknown_or_foreign_params() -> None:
@@ -103,7 +103,7 @@ def test_batchnorm_without_running_stats_is_rejected(method: str) -> None:
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
-@pytest.mark.parametrize("method", ["kernel", "vmap", "loop"])
+@pytest.mark.parametrize("method", ["hooks", "vmap", "loop"])
 def test_nonfinite_gradients_are_counted_and_reported(method: str, bad: float) -> None:
     model = small_mlp()
     x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
@@ -149,7 +149,7 @@ class TimeFirst(nn.Module):
         return self.head(h.mean(dim=0))
 
 
-@pytest.mark.parametrize("method", ["kernel", "auto"])
+@pytest.mark.parametrize("method", ["hooks", "auto"])
 def test_time_first_linear_uses_its_rule_on_the_example_axis(method: str) -> None:
     """The shape trace with one example finds the examples on axis 1 of ``fc``'s (T, N, d) calls;
     the Linear rule takes them moved to the front, exactly and without a fallback."""
@@ -159,9 +159,9 @@ def test_time_first_linear_uses_its_rule_on_the_example_axis(method: str) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         result = per_example_gram_blocks(model, x, y, method=method)
-    assert result.strategies["fc.weight"] in ("ghost", "materialize")
-    assert result.strategies["fc.bias"] == "dense"
-    assert result.strategies["head.weight"] in ("ghost", "materialize")
+    assert result.paths["fc.weight"] in ("kernel_trick", "materialize")
+    assert result.paths["fc.bias"] == "dense"
+    assert result.paths["head.weight"] in ("kernel_trick", "materialize")
     assert rel_err(result.gram, independent_gram(double_model(model), x.double(), y)) <= 1e-5
 
 
@@ -195,8 +195,8 @@ def test_auto_falls_back_to_vmap_when_the_capture_pass_breaks() -> None:
         warnings.simplefilter("always")
         result = per_example_gram_blocks(model, x, y, method="auto")
     assert any("kernel engine failed" in str(w.message) for w in caught)
-    assert result.method == "vmap" and set(result.strategies.values()) == {"vmap"}
+    assert result.method == "vmap" and set(result.paths.values()) == {"vmap"}
     reference = per_example_gram_blocks(model, x, y, method="loop").gram
     assert torch.allclose(result.gram, reference, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="forward hooks"):
-        per_example_gram_blocks(model, x, y, method="kernel")
+        per_example_gram_blocks(model, x, y, method="hooks")

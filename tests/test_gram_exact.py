@@ -21,9 +21,9 @@ from tests.zoo import ZOO, Case
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CONFIGS = [
-    ("kernel", "ghost"),
-    ("kernel", "materialize"),
-    ("kernel", "auto"),
+    ("hooks", "kernel_trick"),
+    ("hooks", "materialize"),
+    ("hooks", "auto"),
     ("vmap", "auto"),
     ("auto", "auto"),
 ]
@@ -93,15 +93,15 @@ def check_structure(result: GramResult, n: int, dtype: torch.dtype, model: nn.Mo
         assert block.shape == (n, n) and block.dtype == dtype
     total = torch.stack(list(result.blocks.values())).sum(0)
     assert rel_err(total, gram) <= 1e-6
-    assert set(result.strategies) == set(trainable)
+    assert set(result.paths) == set(trainable)
 
 
-@pytest.mark.parametrize(("method", "layer_strategy"), CONFIGS)
+@pytest.mark.parametrize(("method", "layer_path"), CONFIGS)
 @pytest.mark.parametrize("name", list(ZOO))
-def test_float32_gram_matches_float64_loop(name: str, method: str, layer_strategy: str) -> None:
+def test_float32_gram_matches_float64_loop(name: str, method: str, layer_path: str) -> None:
     _needs_transformers(name)
     case, ref = case_and_reference(name)
-    result, caught = run_recording(case.model, case.inputs, case.targets, method=method, layer_strategy=layer_strategy)
+    result, caught = run_recording(case.model, case.inputs, case.targets, method=method, layer_path=layer_path)
 
     n = case.targets.shape[0]
     check_structure(result, n, torch.float32, case.model)
@@ -110,14 +110,14 @@ def test_float32_gram_matches_float64_loop(name: str, method: str, layer_strateg
 
     if method == "vmap":
         assert result.method == "vmap"
-        assert set(result.strategies.values()) == {"vmap"}
+        assert set(result.paths.values()) == {"vmap"}
         assert not fallback_warnings(caught)
         return
 
-    assert result.method == "kernel"
-    fallback = {k for k, v in result.strategies.items() if v.startswith("fallback")}
+    assert result.method == "hooks"
+    fallback = {k for k, v in result.paths.items() if v.startswith("fallback")}
     expected_fallback = EXPECTED_FALLBACK.get(name, set())
-    assert fallback == expected_fallback, result.strategies
+    assert fallback == expected_fallback, result.paths
     messages = fallback_warnings(caught)
     if expected_fallback:
         assert len(messages) == 1, messages
@@ -129,22 +129,22 @@ def test_float32_gram_matches_float64_loop(name: str, method: str, layer_strateg
     # MultiheadAttention's out_proj is a Linear that the attention rule covers (dense, module-local)
     kron = {k for k in kronecker_weight_names(case.model) - expected_fallback if ".out_proj." not in k}
     assert kron, "every zoo model has at least one Linear/Conv/Embedding weight on the kernel path"
-    for pname, strategy in result.strategies.items():
+    for pname, strategy in result.paths.items():
         if pname in expected_fallback:
             continue
         if pname in kron:
-            allowed = {layer_strategy} if layer_strategy != "auto" else {"ghost", "materialize"}
+            allowed = {layer_path} if layer_path != "auto" else {"kernel_trick", "materialize"}
             assert strategy in allowed, (pname, strategy)
         else:
             assert strategy == "dense", (pname, strategy)
 
 
-@pytest.mark.parametrize(("method", "layer_strategy"), [*CONFIGS, ("loop", "auto")])
+@pytest.mark.parametrize(("method", "layer_path"), [*CONFIGS, ("loop", "auto")])
 @pytest.mark.parametrize("name", [n for n in ZOO if n != "tiny_bert"])
-def test_float64_model_gives_float64_gram(name: str, method: str, layer_strategy: str) -> None:
+def test_float64_model_gives_float64_gram(name: str, method: str, layer_path: str) -> None:
     case, ref = case_and_reference(name)
     model = double_model(case.model)
-    result, _ = run_recording(model, to_double(case.inputs), case.targets, method=method, layer_strategy=layer_strategy)
+    result, _ = run_recording(model, to_double(case.inputs), case.targets, method=method, layer_path=layer_path)
     check_structure(result, case.targets.shape[0], torch.float64, model)
     assert rel_err(result.gram, ref) <= 1e-10
 
@@ -170,7 +170,7 @@ def test_diagonal_is_squared_gradient_norm(name: str) -> None:
     model = double_model(case.model)
     x = to_double(case.inputs)
     jac = independent_jacobian(model, x, case.targets)
-    gram = per_example_gram(model, x, case.targets, method="kernel")
+    gram = per_example_gram(model, x, case.targets, method="hooks")
     torch.testing.assert_close(torch.diagonal(gram), (jac * jac).sum(1), rtol=1e-10, atol=0)
     # a genuinely off-diagonal structure, not a scaled identity
     off = gram - torch.diag(torch.diagonal(gram))
@@ -200,7 +200,7 @@ def _sdpa_bert() -> tuple[nn.Module, dict[str, Tensor], Tensor]:
     return model, {"input_ids": ids, "attention_mask": mask}, torch.randint(0, 3, (4,))
 
 
-@pytest.mark.parametrize("method", ["kernel", "vmap"])
+@pytest.mark.parametrize("method", ["hooks", "vmap"])
 def test_hf_bert_sdpa_padded_mask(method: str) -> None:
     model, inputs, targets = _sdpa_bert()
     ref = per_example_gram(double_model(model), inputs, targets, method="loop")
@@ -208,9 +208,9 @@ def test_hf_bert_sdpa_padded_mask(method: str) -> None:
     result, caught = run_recording(model, inputs, targets, method=method)
     check_structure(result, 4, torch.float32, model)
     assert rel_err(result.gram, ref) <= 1e-5
-    if method == "kernel":
+    if method == "hooks":
         assert not fallback_warnings(caught)
-        assert not any(v.startswith("fallback") for v in result.strategies.values()), result.strategies
+        assert not any(v.startswith("fallback") for v in result.paths.values()), result.paths
     # the mask matters: ignoring it would change the padded examples' gradients
     unmasked = per_example_gram(double_model(model), {"input_ids": inputs["input_ids"]}, targets, method="loop")
     assert rel_err(unmasked, ref) > 1e-3

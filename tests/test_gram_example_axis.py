@@ -27,7 +27,7 @@ from tests.conftest import double_model, independent_gram, rel_err
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 N = 4
-METHODS = ["auto", "kernel", "vmap", "loop"]
+METHODS = ["auto", "hooks", "vmap", "loop"]
 
 
 class NanoGPT(nn.Module):
@@ -107,13 +107,13 @@ def test_gram_is_exact_whatever_sizes_coincide(kind: str, other: int, method: st
         warnings.simplefilter("always")
         result = per_example_gram_blocks(model, x, y, method=method)
     assert rel_err(result.gram, ref) <= 1e-5
-    if method not in ("auto", "kernel"):
+    if method not in ("auto", "hooks"):
         return
     shared, message, by_rule = EXPECTED[kind]
     for name in shared:
-        assert result.strategies[name].startswith("fallback"), (name, result.strategies[name])
+        assert result.paths[name].startswith("fallback"), (name, result.paths[name])
     for name in by_rule:
-        assert result.strategies[name] in ("ghost", "materialize", "dense"), (name, result.strategies[name])
+        assert result.paths[name] in ("kernel_trick", "materialize", "dense"), (name, result.paths[name])
     texts = [str(w.message) for w in caught]
     if message:
         assert any(message in t for t in texts), texts
@@ -126,8 +126,8 @@ def test_time_first_encoder_layer_moves_the_example_axis() -> None:
     model, x, y = make_case("timefirst", N)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        result = per_example_gram_blocks(model, x, y, method="kernel")
-    assert not any(v.startswith("fallback") for v in result.strategies.values()), result.strategies
+        result = per_example_gram_blocks(model, x, y, method="hooks")
+    assert not any(v.startswith("fallback") for v in result.paths.values()), result.paths
 
 
 def test_example_axis_is_the_axis_that_follows_the_batch_size() -> None:
@@ -186,9 +186,9 @@ def test_unmatched_calls_fall_back_with_a_warning() -> None:
     torch.manual_seed(0)
     model, x, y = CountsExamples(), torch.randn(5, 3), torch.randint(0, 2, (5,))
     with pytest.warns(RuntimeWarning, match=r"fc: its example axis is unknown: it ran 2x with N=5"):
-        result = per_example_gram_blocks(model, x, y, method="kernel")
-    assert result.strategies["fc.weight"].startswith("fallback")
-    assert result.strategies["head.weight"] in ("ghost", "materialize")
+        result = per_example_gram_blocks(model, x, y, method="hooks")
+    assert result.paths["fc.weight"].startswith("fallback")
+    assert result.paths["head.weight"] in ("kernel_trick", "materialize")
 
 
 # ---- precision of the row methods on ~10M parameters ------------------------------------------

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from lightning_stiffness.gram import LayerRule, find_rule, per_example_gram_blocks, register_rule
-from lightning_stiffness.gram.cost import choose_strategy, estimate_cost
+from lightning_stiffness.gram.cost import choose_path, estimate_cost
 from lightning_stiffness.gram.factors import DenseFactor, IndexFactor, KroneckerTerm
 from lightning_stiffness.gram.rules.conv import unfold_patches
 from tests.conftest import rel_err
@@ -61,15 +61,15 @@ def assert_rule_exact(layer: nn.Module, x: Tensor, *, seed: int) -> None:
         ref = per_example_gram_blocks(model, x, y, method="loop", params="0").gram
         assert ref.dtype == torch.float64
         assert ref.abs().max() > 1e-8, "degenerate case: the layer's gradients vanish"
-        for strategy in ("ghost", "materialize"):
-            result = per_example_gram_blocks(model, x, y, method="kernel", params="0", layer_strategy=strategy)
-            assert set(result.strategies) == own
-            assert not any(s.startswith("fallback") for s in result.strategies.values()), result.strategies
+        for strategy in ("kernel_trick", "materialize"):
+            result = per_example_gram_blocks(model, x, y, method="hooks", params="0", layer_path=strategy)
+            assert set(result.paths) == own
+            assert not any(s.startswith("fallback") for s in result.paths.values()), result.paths
             weight = getattr(layer, "weight", None)
             if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)):
-                assert result.strategies["0.weight"] == strategy
+                assert result.paths["0.weight"] == strategy
             elif weight is not None:
-                assert result.strategies["0.weight"] == "dense"
+                assert result.paths["0.weight"] == "dense"
             assert rel_err(result.gram, ref) <= 1e-9, (strategy, rel_err(result.gram, ref))
 
 
@@ -119,7 +119,7 @@ def conv_configs(draw: st.DrawFn) -> dict:
         "dim": dim,
         "c_in": c_in,
         "c_out": c_out,
-        "kernel": kernel,
+        "hooks": kernel,
         "stride": stride,
         "padding": padding,
         "dilation": dilation,
@@ -136,7 +136,7 @@ def conv_and_input(cfg: dict) -> tuple[nn.Module, Tensor]:
     layer = conv_cls(
         cfg["c_in"],
         cfg["c_out"],
-        cfg["kernel"],
+        cfg["hooks"],
         stride=cfg["stride"],
         padding=cfg["padding"],
         dilation=cfg["dilation"],
@@ -219,7 +219,7 @@ def test_embedding_padding_row_gets_no_gradient() -> None:
     layer = nn.Embedding(5, 3, padding_idx=2).double()
     model = head_model(layer, torch.full((N, 4), 2))
     result = per_example_gram_blocks(
-        model, torch.full((N, 4), 2), torch.zeros(N, dtype=torch.long), method="kernel", params="0"
+        model, torch.full((N, 4), 2), torch.zeros(N, dtype=torch.long), method="hooks", params="0"
     )
     assert torch.count_nonzero(result.gram) == 0
 
@@ -327,10 +327,10 @@ def test_layers_without_a_rule_fall_back_exactly(kind: str) -> None:
     y = torch.randint(0, 3, (N,))
     ref = per_example_gram_blocks(model, x.double(), y, method="loop").gram
     with pytest.warns(RuntimeWarning, match=rf"0: no layer rule for {type(layer).__name__}"):
-        result = per_example_gram_blocks(model, x.double(), y, method="kernel")
-    own = [k for k in result.strategies if k.startswith("0.")]
-    assert own and all(result.strategies[k].startswith("fallback") for k in own)
-    assert result.strategies["3.weight"] in ("ghost", "materialize")
+        result = per_example_gram_blocks(model, x.double(), y, method="hooks")
+    own = [k for k in result.paths if k.startswith("0.")]
+    assert own and all(result.paths[k].startswith("fallback") for k in own)
+    assert result.paths["3.weight"] in ("kernel_trick", "materialize")
     assert rel_err(result.gram, ref) <= 1e-10
 
 
@@ -348,10 +348,10 @@ def test_parameters_a_rule_does_not_know_fall_back_instead_of_counting_as_unused
     y = torch.randint(0, 3, (N,))
     ref = per_example_gram_blocks(model, x, y, method="loop").gram
     with pytest.warns(RuntimeWarning, match="rule has no gradient for its parameter 'weight_g'"):
-        result = per_example_gram_blocks(model, x, y, method="kernel")
-    assert result.strategies["0.weight_g"].startswith("fallback")
-    assert result.strategies["0.weight_v"].startswith("fallback")
-    assert result.strategies["0.bias"] == "dense"
+        result = per_example_gram_blocks(model, x, y, method="hooks")
+    assert result.paths["0.weight_g"].startswith("fallback")
+    assert result.paths["0.weight_v"].startswith("fallback")
+    assert result.paths["0.bias"] == "dense"
     assert rel_err(result.gram, ref) <= 1e-10
 
 
@@ -389,8 +389,8 @@ def test_registering_a_custom_rule() -> None:
         x, y = torch.randn(N, 2, 4, dtype=torch.float64), torch.randint(0, 3, (N,))
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
-            result = per_example_gram_blocks(model, x, y, method="kernel")
-        assert result.strategies["0.weight"] == "dense"
+            result = per_example_gram_blocks(model, x, y, method="hooks")
+        assert result.paths["0.weight"] == "dense"
         ref = per_example_gram_blocks(model, x, y, method="loop").gram
         assert rel_err(result.gram, ref) <= 1e-12
     finally:
@@ -411,15 +411,15 @@ BIG = float(2**40)
 def test_cost_model_prefers_ghost_for_single_position_wide_layers() -> None:
     term = dense_term(32, 1, 256, 256)
     cost = estimate_cost([term], 32)
-    assert cost.ghost_flops < cost.materialize_flops
-    assert choose_strategy([term], 32, BIG) == "ghost"
+    assert cost.kernel_trick_flops < cost.materialize_flops
+    assert choose_path([term], 32, BIG) == "kernel_trick"
 
 
 def test_cost_model_prefers_materialize_for_many_positions() -> None:
     term = dense_term(32, 64, 16, 16)
     cost = estimate_cost([term], 32)
-    assert cost.materialize_flops < cost.ghost_flops
-    assert choose_strategy([term], 32, BIG) == "materialize"
+    assert cost.materialize_flops < cost.kernel_trick_flops
+    assert choose_path([term], 32, BIG) == "materialize"
 
 
 def test_cost_model_takes_ghost_when_materializing_does_not_fit() -> None:
@@ -427,16 +427,16 @@ def test_cost_model_takes_ghost_when_materializing_does_not_fit() -> None:
     term = dense_term(n, positions, width, width)
     cost = estimate_cost([term], n)
     # materialise is cheaper, but less than 2x cheaper
-    assert cost.materialize_flops < cost.ghost_flops <= 2 * cost.materialize_flops
-    assert choose_strategy([term], n, BIG) == "materialize"
-    assert choose_strategy([term], n, cost.materialize_bytes / 2) == "ghost"
+    assert cost.materialize_flops < cost.kernel_trick_flops <= 2 * cost.materialize_flops
+    assert choose_path([term], n, BIG) == "materialize"
+    assert choose_path([term], n, cost.materialize_bytes / 2) == "kernel_trick"
 
 
 def test_cost_model_keeps_materialize_when_ghost_is_far_slower_even_without_memory() -> None:
     term = dense_term(8, 64, 16, 16)
     cost = estimate_cost([term], 8)
-    assert cost.ghost_flops > 2 * cost.materialize_flops
-    assert choose_strategy([term], 8, cost.materialize_bytes / 2) == "materialize"
+    assert cost.kernel_trick_flops > 2 * cost.materialize_flops
+    assert choose_path([term], 8, cost.materialize_bytes / 2) == "materialize"
 
 
 def test_cost_model_counts_embedding_one_hot_side_as_cheap() -> None:
@@ -446,8 +446,8 @@ def test_cost_model_counts_embedding_one_hot_side_as_cheap() -> None:
         IndexFactor(torch.zeros(n, positions, dtype=torch.long), 10_000), DenseFactor(torch.zeros(n, positions, 1, 8))
     )
     dense = dense_term(n, positions, 10_000, 8)
-    assert estimate_cost([index], n).ghost_flops < estimate_cost([dense], n).ghost_flops
-    assert choose_strategy([index], n, BIG) == "ghost"
+    assert estimate_cost([index], n).kernel_trick_flops < estimate_cost([dense], n).kernel_trick_flops
+    assert choose_path([index], n, BIG) == "kernel_trick"
 
 
 def test_auto_strategy_follows_cost_model_in_a_real_model() -> None:
@@ -456,7 +456,7 @@ def test_auto_strategy_follows_cost_model_in_a_real_model() -> None:
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 12 * 12, 3))
     x = torch.randn(4, 2, 12, 12)
     y = torch.randint(0, 3, (4,))
-    result = per_example_gram_blocks(model, x, y, method="kernel")
-    assert result.strategies["0.weight"] == "materialize"  # T = 144 positions, a·b = 4·18
-    assert result.strategies["3.weight"] == "ghost"  # T = 1
-    assert result.strategies["0.bias"] == "dense" and result.strategies["3.bias"] == "dense"
+    result = per_example_gram_blocks(model, x, y, method="hooks")
+    assert result.paths["0.weight"] == "materialize"  # T = 144 positions, a·b = 4·18
+    assert result.paths["3.weight"] == "kernel_trick"  # T = 1
+    assert result.paths["0.bias"] == "dense" and result.paths["3.bias"] == "dense"

@@ -2,7 +2,7 @@
 
 Each layer type sits in a tiny float64 model; the kernel Gram must equal an independent float64
 per-example ``torch.autograd.grad`` loop to 1e-5 (relative Frobenius), and no parameter of the
-layer may take the fallback (``strategies`` and no fallback warning).
+layer may take the fallback (``paths`` and no fallback warning).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_stiffness.gram import GramResult, per_example_gram_blocks
-from lightning_stiffness.gram.kernel import block_name
+from lightning_stiffness.gram.hooks import block_name
 from lightning_stiffness.gram.sharding import clean_name
 from tests.conftest import independent_gram, independent_jacobian, rel_err
 
@@ -29,7 +29,7 @@ def kernel_result(model: nn.Module, x: Any, y: Tensor, **kwargs: Any) -> GramRes
     """The kernel Gram, failing on any RuntimeWarning (a fallback or a non-finite result)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        return per_example_gram_blocks(model, x, y, method="kernel", **kwargs)
+        return per_example_gram_blocks(model, x, y, method="hooks", **kwargs)
 
 
 def assert_exact_no_fallback(
@@ -41,9 +41,9 @@ def assert_exact_no_fallback(
     y = torch.randint(0, n_classes, (x.shape[0],), generator=torch.Generator().manual_seed(seed))
     result = kernel_result(model, x, y)
     assert not result.gram.requires_grad and not any(b.requires_grad for b in result.blocks.values())
-    fallback = {k: v for k, v in result.strategies.items() if v.startswith("fallback")}
+    fallback = {k: v for k, v in result.paths.items() if v.startswith("fallback")}
     assert not fallback, fallback
-    assert set(result.strategies) == {clean_name(k) for k, p in model.named_parameters() if p.requires_grad}
+    assert set(result.paths) == {clean_name(k) for k, p in model.named_parameters() if p.requires_grad}
     jac = independent_jacobian(model if reference is None else reference.double(), x, y).detach()
     ref = jac @ jac.T
     assert ref.abs().max() > 1e-8
@@ -166,7 +166,7 @@ class Tokens(nn.Module):
 def test_raw_parameters() -> None:
     torch.manual_seed(0)
     result = assert_exact_no_fallback(Tokens(), x64(4, 5, 3))
-    assert {result.strategies[k] for k in ("cls_token", "pos_embed", "gamma", "scale")} == {"dense"}
+    assert {result.paths[k] for k in ("cls_token", "pos_embed", "gamma", "scale")} == {"dense"}
 
 
 class Multiplied(nn.Module):
@@ -186,9 +186,9 @@ def test_raw_parameter_outside_broadcast_falls_back() -> None:
     model = Multiplied().double()
     x, y = x64(4, 3, 2), torch.tensor([0, 1, 2, 0])
     with pytest.warns(RuntimeWarning, match="extra"):
-        result = per_example_gram_blocks(model, x, y, method="kernel")
-    assert result.strategies["extra"].startswith("fallback")
-    assert result.strategies["offset"] == "dense"
+        result = per_example_gram_blocks(model, x, y, method="hooks")
+    assert result.paths["extra"].startswith("fallback")
+    assert result.paths["offset"] == "dense"
     assert rel_err(result.gram, independent_gram(model, x, y)) <= TOL
 
 
@@ -221,8 +221,8 @@ def test_compiled_submodule_is_measured_through_its_original_module() -> None:
     eager = copy.deepcopy(model)
     eager.net = eager.net._orig_mod  # the reference loop runs the same parameters uncompiled
     result = assert_exact_no_fallback(model, x64(4, 4), reference=eager)
-    assert {"net.1.weight", "net.2.weight"} <= set(result.strategies)
-    assert result.strategies["net.1.weight"] in ("ghost", "materialize")
+    assert {"net.1.weight", "net.2.weight"} <= set(result.paths)
+    assert result.paths["net.1.weight"] in ("kernel_trick", "materialize")
     assert [k for k, _ in model.named_parameters()] == names_before  # the compiled wrapper is back in place
     assert type(model.net).__name__ == "OptimizedModule"
     assert COMPILATIONS == []  # measured through _orig_mod, eagerly
@@ -262,7 +262,7 @@ def test_multihead_attention(batch_first: bool, kwargs: dict[str, Any]) -> None:
             torch.tanh(model.attn(torch.tanh(model.proj(x)), x, x)[0]).flatten(1)
         )
     result = assert_exact_no_fallback(model, x64(4, 5, 3))
-    assert result.strategies["attn.out_proj.weight"] == "dense"
+    assert result.paths["attn.out_proj.weight"] == "dense"
 
 
 @pytest.mark.parametrize("cell", [nn.RNN, nn.GRU, nn.LSTM])
@@ -286,7 +286,7 @@ def test_recurrent(cell: type[nn.RNNBase], batch_first: bool) -> None:
 
     model = Net()
     result = assert_exact_no_fallback(model, x64(4, 5, 3))
-    assert result.strategies["rnn.weight_hh_l1_reverse"] == "dense"
+    assert result.paths["rnn.weight_hh_l1_reverse"] == "dense"
 
 
 # --------------------------------------------------------------------------- whole classifiers
@@ -388,7 +388,7 @@ def test_embedding_bag(mode: str, weighted: bool) -> None:
     tokens[1, :3] = 0  # padding, excluded from sums and from the mean's count
     tokens[2, 1] = tokens[2, 3]  # a repeated index within one bag
     result = assert_exact_no_fallback(Bag(mode, weighted), tokens)
-    assert result.strategies["bag.weight"] in ("ghost", "materialize")
+    assert result.paths["bag.weight"] in ("kernel_trick", "materialize")
 
 
 class MaskedAttention(nn.Module):
@@ -436,9 +436,9 @@ def test_packed_sequence_falls_back_exactly() -> None:
     model = Packed().double()
     x, y = x64(4, 5, 3), torch.tensor([0, 1, 2, 0])
     with pytest.warns(RuntimeWarning, match="packed sequence"):
-        result = per_example_gram_blocks(model, x, y, method="kernel")
-    assert all(result.strategies[k].startswith("fallback") for k in result.strategies if k.startswith("rnn."))
-    assert result.strategies["head.weight"] in ("ghost", "materialize")
+        result = per_example_gram_blocks(model, x, y, method="hooks")
+    assert all(result.paths[k].startswith("fallback") for k in result.paths if k.startswith("rnn."))
+    assert result.paths["head.weight"] in ("kernel_trick", "materialize")
     assert rel_err(result.gram, independent_gram(model, x, y)) <= TOL
 
 
@@ -501,7 +501,7 @@ def test_module_local_third_party_layer(name: str) -> None:
             p.normal_(0.0, 0.5)  # the biases and position tables start at zero
     x = x64(*shape)
     result = assert_exact_no_fallback(head(module, x), x)
-    assert {v for k, v in result.strategies.items() if k.startswith("0.")} <= {"dense", "ghost", "materialize"}
+    assert {v for k, v in result.paths.items() if k.startswith("0.")} <= {"dense", "kernel_trick", "materialize"}
 
 
 class SequenceFirstToken(nn.Module):
@@ -523,6 +523,6 @@ def test_raw_parameter_expanded_along_another_axis_falls_back() -> None:
     model = SequenceFirstToken().double()
     x, y = x64(4, 4, 3), torch.tensor([0, 1, 2, 0])
     with pytest.warns(RuntimeWarning, match="cls_token"):
-        result = per_example_gram_blocks(model, x, y, method="kernel")
-    assert result.strategies["cls_token"].startswith("fallback")
+        result = per_example_gram_blocks(model, x, y, method="hooks")
+    assert result.paths["cls_token"].startswith("fallback")
     assert rel_err(result.gram, independent_gram(model, x, y)) <= TOL

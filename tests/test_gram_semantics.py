@@ -18,7 +18,7 @@ from tests.zoo import ZOO
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-METHODS = ["kernel", "vmap", "loop"]
+METHODS = ["hooks", "vmap", "loop"]
 ALL_METHODS = [*METHODS, "auto"]
 
 
@@ -128,7 +128,7 @@ class NoisyNet(nn.Module):
         return self.fc2(torch.tanh(self.fc1(x)))
 
 
-@pytest.mark.parametrize("method", ["auto", "kernel", "loop"])
+@pytest.mark.parametrize("method", ["auto", "hooks", "loop"])
 def test_max_norm_embedding_weights_are_restored(method: str) -> None:
     """``Embedding(max_norm=…)`` renormalises looked-up rows in place during the forward; the
     probe's forward must not leave that change in the model being trained."""
@@ -157,7 +157,7 @@ def test_other_in_place_parameter_writes_are_reported() -> None:
         per_example_gram(WritesItsWeight(), torch.randn(4, 4), torch.arange(4) % 3)
 
 
-@pytest.mark.parametrize("method", ["kernel", "loop", "auto"])
+@pytest.mark.parametrize("method", ["hooks", "loop", "auto"])
 def test_global_rng_state_unchanged(method: str) -> None:
     torch.manual_seed(0)
     model = NoisyNet()
@@ -254,7 +254,7 @@ def test_params_restriction(spec: str, method: str) -> None:
     finally:
         for h in handles:
             h.remove()
-    assert list(result.strategies) == expected
+    assert list(result.paths) == expected
     assert set(result.blocks) == {k.rpartition(".")[0] for k in expected}
     others = [k for k in named if k not in expected]
     assert all(fired[k] == 0 for k in others), f"gradients reached unselected parameters: {fired}"
@@ -267,7 +267,7 @@ def test_params_restriction(spec: str, method: str) -> None:
     assert rel_err(full, ref) > 1e-3  # the restriction is visible
 
 
-@pytest.mark.parametrize("method", ["kernel", "vmap", "loop"])
+@pytest.mark.parametrize("method", ["hooks", "vmap", "loop"])
 @pytest.mark.parametrize(
     ("name", "params"), [("mlp", None), ("mlp", "5"), ("raw_param", None), ("functional_tied", None)]
 )
@@ -293,7 +293,7 @@ def test_blocks_are_keyed_by_module_and_equal_the_module_grams(method: str) -> N
     assert rel_err(result.blocks["c1"], result.blocks["fc"]) > 1e-2
 
 
-@pytest.mark.parametrize("method", ["kernel", "vmap", "loop"])
+@pytest.mark.parametrize("method", ["hooks", "vmap", "loop"])
 def test_root_parameter_block_is_named_after_the_parameter(method: str) -> None:
     case = ZOO["raw_param"]()
     result = per_example_gram_blocks(case.model, case.inputs, case.targets, method=method)
@@ -341,7 +341,7 @@ def test_wrappers_are_unwrapped(wrap: str, method: str) -> None:
     assert unwrap_model(wrapped) is case.model
     direct = per_example_gram_blocks(case.model, case.inputs, case.targets, method=method)
     result = per_example_gram_blocks(wrapped, case.inputs, case.targets, method=method, params="3")
-    assert set(result.strategies) == {"3.weight", "3.bias"}  # names relative to the unwrapped model
+    assert set(result.paths) == {"3.weight", "3.bias"}  # names relative to the unwrapped model
     assert set(result.blocks) == {"3"}
     assert rel_err(result.gram, direct.blocks["3"]) <= 1e-6
     full = per_example_gram_blocks(wrapped, case.inputs, case.targets, method=method)
@@ -371,10 +371,10 @@ def test_names_inside_wrappers_are_reported_without_wrapper_segments(method: str
     assert "_fsdp_wrapped_module.3._fsdp_wrapped_module.weight" in dict(wrapped.named_parameters())
     result = per_example_gram_blocks(wrapped, case.inputs, case.targets, method=method)
     assert set(result.blocks) == {"0", "3", "5"}
-    assert {"3.weight", "3.bias"} <= set(result.strategies)
+    assert {"3.weight", "3.bias"} <= set(result.paths)
     assert rel_err(result.gram, direct.gram) <= 1e-6
     only = per_example_gram_blocks(wrapped, case.inputs, case.targets, method=method, params=["3", "5.bias"])
-    assert set(only.strategies) == {"3.weight", "3.bias", "5.bias"}
+    assert set(only.paths) == {"3.weight", "3.bias", "5.bias"}
     assert rel_err(only.blocks["3"], direct.blocks["3"]) <= 1e-6
 
 
@@ -395,7 +395,7 @@ class CheckpointedNet(nn.Module):
         return self.head(self.wrapped(h))
 
 
-@pytest.mark.parametrize("method", ["kernel", "auto"])
+@pytest.mark.parametrize("method", ["hooks", "auto"])
 def test_activation_checkpointing_is_exact_without_fallback(method: str) -> None:
     """torch.func cannot differentiate through checkpointing's saved-tensor hooks; the kernel
     engine needs only one backward to the layer outputs, so it stays exact and on its fast path."""
@@ -408,14 +408,14 @@ def test_activation_checkpointing_is_exact_without_fallback(method: str) -> None
         result = per_example_gram_blocks(model, x, y, method=method)
     assert rel_err(result.gram, reference) <= 1e-5
     assert set(result.blocks) == {"block.0", "block.2", "wrapped.0", "head"}
-    assert not any(s.startswith("fallback") for s in result.strategies.values())
+    assert not any(s.startswith("fallback") for s in result.paths.values())
 
 
 # --------------------------------------------------------------------------- in-place ops
 
 
-@pytest.mark.parametrize("layer_strategy", ["ghost", "materialize"])
-def test_inplace_relu_after_linear_and_conv_is_exact(layer_strategy: str) -> None:
+@pytest.mark.parametrize("layer_path", ["kernel_trick", "materialize"])
+def test_inplace_relu_after_linear_and_conv_is_exact(layer_path: str) -> None:
     torch.manual_seed(4)
     model = nn.Sequential(
         nn.Conv1d(2, 4, 3, padding=1),
@@ -426,7 +426,7 @@ def test_inplace_relu_after_linear_and_conv_is_exact(layer_strategy: str) -> Non
         nn.Linear(8, 3),
     ).double()
     x, y = torch.randn(6, 2, 6, dtype=torch.float64), torch.randint(0, 3, (6,))
-    result = per_example_gram_blocks(model, x, y, method="kernel", layer_strategy=layer_strategy)
-    assert result.strategies["0.weight"] == layer_strategy
-    assert result.strategies["3.weight"] == layer_strategy
+    result = per_example_gram_blocks(model, x, y, method="hooks", layer_path=layer_path)
+    assert result.paths["0.weight"] == layer_path
+    assert result.paths["3.weight"] == layer_path
     assert rel_err(result.gram, independent_gram(model, x, y)) <= 1e-10

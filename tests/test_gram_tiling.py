@@ -15,7 +15,7 @@ from tests.zoo import ZOO
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PATHS = [("kernel", "ghost"), ("kernel", "materialize"), ("kernel", "auto"), ("vmap", "auto"), ("loop", "auto")]
+PATHS = [("hooks", "kernel_trick"), ("hooks", "materialize"), ("hooks", "auto"), ("vmap", "auto"), ("loop", "auto")]
 
 
 @pytest.fixture
@@ -47,23 +47,23 @@ def wide_batch(name: str, n: int = 7):
 
 
 @pytest.mark.parametrize("budget", [100, 2_000])
-@pytest.mark.parametrize(("method", "layer_strategy"), PATHS)
+@pytest.mark.parametrize(("method", "layer_path"), PATHS)
 @pytest.mark.parametrize("name", ["mlp", "cnn", "text_conv", "tied", "raw_param"])
 def test_tiny_budget_tiles_and_matches_untiled(
-    name: str, method: str, layer_strategy: str, budget: int, tile_log: list[tuple[int, int]]
+    name: str, method: str, layer_path: str, budget: int, tile_log: list[tuple[int, int]]
 ) -> None:
     model, x, y = wide_batch(name)
     n = y.shape[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # raw_param's fallback warning
-        untiled = per_example_gram_blocks(model, x, y, method=method, layer_strategy=layer_strategy)
+        untiled = per_example_gram_blocks(model, x, y, method=method, layer_path=layer_path)
         assert all(size == n for _, size in tile_log), "the default budget should not tile these tiny models"
         tile_log.clear()
-        tiled = per_example_gram_blocks(model, x, y, method=method, layer_strategy=layer_strategy, memory_budget=budget)
+        tiled = per_example_gram_blocks(model, x, y, method=method, layer_path=layer_path, memory_budget=budget)
     assert tile_log, "the tiling module was not used"
     if budget == 100:
         assert any(size < n for _, size in tile_log), f"budget {budget} did not force tiling: {tile_log}"
-    assert tiled.strategies == untiled.strategies
+    assert tiled.paths == untiled.paths
     assert rel_err(tiled.gram, untiled.gram) <= 1e-6
     assert set(tiled.blocks) == set(untiled.blocks)
     for key, block in untiled.blocks.items():
@@ -73,8 +73,8 @@ def test_tiny_budget_tiles_and_matches_untiled(
     assert torch.allclose(gram, gram.T, rtol=1e-6, atol=1e-6 * float(gram.abs().max()))
 
 
-@pytest.mark.parametrize("layer_strategy", ["ghost", "materialize"])
-def test_tiling_with_one_row_per_tile_in_float64(layer_strategy: str, tile_log: list[tuple[int, int]]) -> None:
+@pytest.mark.parametrize("layer_path", ["kernel_trick", "materialize"])
+def test_tiling_with_one_row_per_tile_in_float64(layer_path: str, tile_log: list[tuple[int, int]]) -> None:
     """Budget 1 byte: every tile is one example; still exact in float64."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 5, 2)).double()
@@ -82,7 +82,7 @@ def test_tiling_with_one_row_per_tile_in_float64(layer_strategy: str, tile_log: 
     y = torch.randint(0, 2, (5,))
     ref = per_example_gram_blocks(model, x, y, method="loop").gram
     tile_log.clear()
-    tiled = per_example_gram_blocks(model, x, y, method="kernel", layer_strategy=layer_strategy, memory_budget=1)
+    tiled = per_example_gram_blocks(model, x, y, method="hooks", layer_path=layer_path, memory_budget=1)
     assert tile_log and all(size == 1 for _, size in tile_log)
     assert rel_err(tiled.gram, ref) <= 1e-12
 

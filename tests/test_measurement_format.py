@@ -180,7 +180,7 @@ def test_missing_optional_fields_take_defaults_and_missing_required_is_named(run
 
     def drop_optional(data: dict[str, Any]) -> None:
         _as_current(data)
-        for name in ("metrics", "superclass", "strategies", "layers", "seconds"):
+        for name in ("metrics", "superclass", "paths", "layers", "seconds"):
             del data[name]
 
     _resave(first, drop_optional)

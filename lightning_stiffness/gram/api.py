@@ -11,22 +11,22 @@ import torch
 from torch import Tensor, nn
 
 from lightning_stiffness.gram.compiled import eager_submodules
-from lightning_stiffness.gram.context import probe_mode
-from lightning_stiffness.gram.inputs import LossFn, ProbeBatch
-from lightning_stiffness.gram.kernel import (
+from lightning_stiffness.gram.context import measurement_mode
+from lightning_stiffness.gram.hooks import (
     GramAccumulator,
-    LayerStrategy,
+    LayerPath,
     add_rows_gram,
-    kernel_gram,
+    hooks_gram,
     rows_gram_with_fallback,
 )
+from lightning_stiffness.gram.inputs import ExampleBatch, LossFn
 from lightning_stiffness.gram.reference import loop_rows, vmap_rows
 from lightning_stiffness.gram.sharding import check_not_flat, clean_name, is_sharded
 
 __all__ = ["GramResult", "Method", "per_example_gram", "per_example_gram_blocks", "select_parameters", "unwrap_model"]
 
-Method = Literal["auto", "kernel", "vmap", "loop"]
-METHODS = ("auto", "kernel", "vmap", "loop")
+Method = Literal["auto", "hooks", "vmap", "loop"]
+METHODS = ("auto", "hooks", "vmap", "loop")
 
 #: Default temporary-memory budget on the CPU (bytes); on CUDA half the free memory is used.
 CPU_MEMORY_BUDGET = 4 * 2**30
@@ -39,7 +39,7 @@ class GramResult:
     Attributes:
         gram: ``(N, N)`` symmetric matrix, float32 (float64 for float64 models).
         blocks: per owning module, ``G = Σ_blocks blocks[name]`` (empty unless requested).
-        strategies: per parameter, the exact path taken: ``ghost`` (kernel trick),
+        paths: per parameter, the exact path taken: ``ghost`` (kernel trick),
             ``materialize``, ``dense`` (small per-example gradients), ``unused`` (no path to the
             loss: zero gradient), ``fallback-vmap``, ``fallback-loop``, ``vmap`` or ``loop``.
         method: the method that ran (``kernel``, ``vmap`` or ``loop``).
@@ -48,7 +48,7 @@ class GramResult:
 
     gram: Tensor
     blocks: dict[str, Tensor]
-    strategies: dict[str, str]
+    paths: dict[str, str]
     method: str
     nonfinite_examples: int
 
@@ -62,7 +62,7 @@ def per_example_gram(
     method: Method = "auto",
     params: Any = None,
     memory_budget: float | None = None,
-    layer_strategy: LayerStrategy = "auto",
+    layer_path: LayerPath = "auto",
 ) -> Tensor:
     """Exact Gram matrix of per-example loss gradients, ``G[i, j] = g_i · g_j`` with
     ``g_i = ∇_W loss(f_W(x_i), y_i)`` (Fort et al. 2019, Eq. 1-4).
@@ -75,7 +75,7 @@ def per_example_gram(
         targets: ``(N, ...)`` targets passed to ``loss_fn``.
         loss_fn: ``callable(outputs, targets) -> (N,)`` per-example losses. Default:
             cross-entropy on logits (``outputs`` or ``outputs.logits``).
-        method: ``"kernel"`` (hooks + per-layer kernel trick or materialised gradients),
+        method: ``"hooks"`` (hooks + per-layer kernel trick or materialised gradients),
             ``"vmap"`` (torch.func), ``"loop"`` (one backward per example, the reference) or
             ``"auto"``. ``kernel`` and ``auto`` both send parameters no layer rule covers to an exact
             ``vmap``/``loop`` fallback; ``auto`` also redoes the whole Gram with ``vmap`` (then
@@ -84,7 +84,7 @@ def per_example_gram(
             or Modules. Default: every parameter with ``requires_grad=True``.
         memory_budget: bytes of temporaries allowed for tiling (default: half the free CUDA
             memory, or 4 GiB on the CPU).
-        layer_strategy: force ``"ghost"`` or ``"materialize"`` for every Kronecker layer
+        layer_path: force ``"kernel_trick"`` or ``"materialize"`` for every Kronecker layer
             (tests and benchmarks); ``"auto"`` uses the cost model.
 
     Returns:
@@ -108,7 +108,7 @@ def per_example_gram(
         method=method,
         params=params,
         memory_budget=memory_budget,
-        layer_strategy=layer_strategy,
+        layer_path=layer_path,
         return_blocks=False,
     ).gram
 
@@ -122,15 +122,15 @@ def per_example_gram_blocks(
     method: Method = "auto",
     params: Any = None,
     memory_budget: float | None = None,
-    layer_strategy: LayerStrategy = "auto",
+    layer_path: LayerPath = "auto",
     return_blocks: bool = True,
 ) -> GramResult:
     """Like :func:`per_example_gram`, also returning one Gram per module that owns parameters
     (``G = Σ_layer G_layer``, for layer-wise stiffness) and the path taken per parameter."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if layer_strategy not in ("auto", "ghost", "materialize"):
-        raise ValueError(f"layer_strategy must be 'auto', 'ghost' or 'materialize', got {layer_strategy!r}")
+    if layer_path not in ("auto", "kernel_trick", "materialize"):
+        raise ValueError(f"layer_path must be 'auto', 'kernel_trick' or 'materialize', got {layer_path!r}")
     model = unwrap_model(model)
     selected = select_parameters(model, params)
     check_example_independence(model)
@@ -139,10 +139,10 @@ def per_example_gram_blocks(
     dtype = torch.float64 if any(p.dtype == torch.float64 for p in selected.values()) else torch.float32
     budget = float(memory_budget) if memory_budget is not None else default_memory_budget(device)
 
-    with probe_mode(model, device), eager_submodules(model):
-        batch = ProbeBatch.create(inputs, targets).map_tensors(lambda t: t.detach().clone().to(device))
+    with measurement_mode(model, device), eager_submodules(model):
+        batch = ExampleBatch.create(inputs, targets).map_tensors(lambda t: t.detach().clone().to(device))
         acc = GramAccumulator(torch.zeros(batch.n, batch.n, dtype=dtype, device=device), keep_blocks=return_blocks)
-        ran = _run(method, model, selected, batch, loss_fn, acc, budget, layer_strategy)
+        ran = _run(method, model, selected, batch, loss_fn, acc, budget, layer_path)
         acc.finish()
     gram = acc.gram
     # a non-finite g_i spoils its whole row and column; its own squared norm G_ii names it
@@ -155,33 +155,33 @@ def per_example_gram_blocks(
             RuntimeWarning,
             stacklevel=2,
         )
-    return GramResult(gram, acc.blocks, acc.strategies, ran, nonfinite)
+    return GramResult(gram, acc.blocks, acc.paths, ran, nonfinite)
 
 
 def _run(
     method: str,
     model: nn.Module,
     selected: dict[str, nn.Parameter],
-    batch: ProbeBatch,
+    batch: ExampleBatch,
     loss_fn: LossFn | None,
     acc: GramAccumulator,
     budget: float,
-    layer_strategy: LayerStrategy,
+    layer_path: LayerPath,
 ) -> str:
-    if method == "kernel":
-        kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-        return "kernel"
+    if method == "hooks":
+        hooks_gram(model, selected, batch, loss_fn, acc, budget, layer_path)
+        return "hooks"
     if method == "auto":
         try:
-            kernel_gram(model, selected, batch, loss_fn, acc, budget, layer_strategy)
-            return "kernel"
+            hooks_gram(model, selected, batch, loss_fn, acc, budget, layer_path)
+            return "hooks"
         except (RuntimeError, TypeError, NotImplementedError) as err:
             if is_sharded(model, selected.values()):
                 raise  # vmap needs whole parameters; never start it on shards
             # the capture pass itself failed (e.g. a forward that breaks under hooks): start over
             acc.gram.zero_()
             acc.blocks.clear()
-            acc.strategies.clear()
+            acc.paths.clear()
             warnings.warn(
                 f"per_example_gram: the kernel engine failed ({type(err).__name__}: "
                 f"{str(err).splitlines()[0][:200] if str(err) else ''}); using vmap for the whole model",
@@ -190,12 +190,12 @@ def _run(
             )
         used = rows_gram_with_fallback(model, selected, batch, loss_fn, acc, budget)
         for name in selected:
-            acc.strategies[name] = used
+            acc.paths[name] = used
         return used
     rows = (vmap_rows if method == "vmap" else loop_rows)(model, selected, batch, loss_fn)
     add_rows_gram(acc, selected, rows, budget)
     for name in selected:
-        acc.strategies[name] = method
+        acc.paths[name] = method
     return method
 
 

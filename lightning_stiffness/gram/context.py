@@ -1,6 +1,6 @@
 """The side-effect-free measurement context used by every Gram method.
 
-Inside :func:`probe_mode` the model is in eval mode (dropout off, BatchNorm running
+Inside :func:`measurement_mode` the model is in eval mode (dropout off, BatchNorm running
 statistics), autocast and TF32 are off (exact float32), gradients are enabled even when the
 caller is in ``torch.inference_mode`` or ``no_grad`` (Lightning validation hooks), and the
 global RNG streams are forked. On exit — also on error — every module's ``training`` flag, the
@@ -24,7 +24,7 @@ __all__: list[str] = []  # internal to the package: no public names
 
 
 @contextmanager
-def probe_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
+def measurement_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
     with _probe_settings(device), eval_mode(model), _parameters_kept(model):
         yield
 

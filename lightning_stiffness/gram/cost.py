@@ -1,4 +1,4 @@
-"""Per-layer cost model: kernel trick ("ghost") or materialised per-example gradients.
+"""Per-layer cost model: kernel trick ("kernel_trick") or materialised per-example gradients.
 
 For a weight whose per-example gradient is ``Σ_t u_nt ⊗ v_nt`` (``T`` positions, ``G`` groups,
 ``u ∈ R^a``, ``v ∈ R^b``) over ``N`` examples (docs/performance.md "How the Gram is computed"; docs/concepts.md
@@ -24,7 +24,7 @@ from lightning_stiffness.gram.factors import IndexFactor, KroneckerTerm
 
 __all__: list[str] = []  # internal to the package: no public names
 
-Strategy = Literal["ghost", "materialize"]
+Strategy = Literal["kernel_trick", "materialize"]
 
 #: Bytes per element assumed by the memory estimates (float32 accumulation).
 BYTES = 4
@@ -34,9 +34,9 @@ BYTES = 4
 class LayerCost:
     """Estimated FLOPs and peak extra bytes of both exact paths for one parameter."""
 
-    ghost_flops: float
+    kernel_trick_flops: float
     materialize_flops: float
-    ghost_bytes: float
+    kernel_trick_bytes: float
     materialize_bytes: float
 
 
@@ -46,24 +46,24 @@ def estimate_cost(terms: list[KroneckerTerm], n: int) -> LayerCost:
     numel = terms[0].numel
     groups = max(t.groups for t in terms)
     inner_width = max(_effective_width(t.left) + _effective_width(t.right) for t in terms)
-    ghost_flops = 2.0 * n * n * total_t * total_t * groups * (inner_width + 1)
+    kernel_trick_flops = 2.0 * n * n * total_t * total_t * groups * (inner_width + 1)
     materialize_flops = 2.0 * n * total_t * numel + 2.0 * n * n * numel
-    ghost_bytes = 2.0 * (n * total_t) ** 2 * groups * BYTES
+    kernel_trick_bytes = 2.0 * (n * total_t) ** 2 * groups * BYTES
     materialize_bytes = float(n) * numel * BYTES
-    return LayerCost(ghost_flops, materialize_flops, ghost_bytes, materialize_bytes)
+    return LayerCost(kernel_trick_flops, materialize_flops, kernel_trick_bytes, materialize_bytes)
 
 
-def choose_strategy(terms: list[KroneckerTerm], n: int, memory_budget: float) -> Strategy:
+def choose_path(terms: list[KroneckerTerm], n: int, memory_budget: float) -> Strategy:
     """The cheaper exact path; on a near tie the one that fits ``memory_budget`` untiled.
 
     Ghost is also taken when materialising would not fit the budget and ghost is at most
     2x slower (tiling the materialised path recomputes gradients).
     """
     cost = estimate_cost(terms, n)
-    if cost.ghost_flops <= cost.materialize_flops:
-        return "ghost"
-    if cost.materialize_bytes > memory_budget and cost.ghost_flops <= 2.0 * cost.materialize_flops:
-        return "ghost"
+    if cost.kernel_trick_flops <= cost.materialize_flops:
+        return "kernel_trick"
+    if cost.materialize_bytes > memory_budget and cost.kernel_trick_flops <= 2.0 * cost.materialize_flops:
+        return "kernel_trick"
     return "materialize"
 
 

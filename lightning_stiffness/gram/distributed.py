@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_stiffness.gram.api import GramResult, per_example_gram_blocks, select_parameters, unwrap_model
-from lightning_stiffness.gram.kernel import block_name
+from lightning_stiffness.gram.hooks import block_name
 from lightning_stiffness.gram.sharding import is_sharded
 
 __all__ = ["agreed_sizes", "distributed_gram", "is_distributed", "partition_parameters"]
@@ -104,11 +104,11 @@ def distributed_gram(
                 if name in partial.blocks:
                     stacked[1 + i] = partial.blocks[name]
     dist.all_reduce(stacked, group=group)
-    strategies = dict(partial.strategies) if partial is not None else {}
+    paths = dict(partial.paths) if partial is not None else {}
     gathered: list[dict[str, str] | None] = [None] * world
-    dist.all_gather_object(gathered, strategies, group=group)
+    dist.all_gather_object(gathered, paths, group=group)
     merged = {k: v for part in gathered if part for k, v in part.items()}
     gram = stacked[0]
     nonfinite = int((~torch.isfinite(torch.diagonal(gram))).sum())
     block_grams = {name: stacked[1 + i] for i, name in enumerate(blocks)} if return_blocks else {}
-    return GramResult(gram, block_grams, merged, partial.method if partial else "kernel", nonfinite)
+    return GramResult(gram, block_grams, merged, partial.method if partial else "hooks", nonfinite)

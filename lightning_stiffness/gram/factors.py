@@ -113,7 +113,7 @@ def factor_inner(x: Factor, y: Factor, dtype: torch.dtype) -> Tensor:
     return torch.bmm(xv, yv)
 
 
-def ghost_block(p: KroneckerTerm, q: KroneckerTerm, dtype: torch.dtype) -> Tensor:
+def kernel_trick_block(p: KroneckerTerm, q: KroneckerTerm, dtype: torch.dtype) -> Tensor:
     """``K[n, m] = Σ_{g,t,s} (u^p_nt · u^q_ms)(v^p_nt · v^q_ms)`` for two row-sliced terms."""
     n, m = _num_rows(p.left), _num_rows(q.left)
     prod = factor_inner(p.left, q.left, dtype) * factor_inner(p.right, q.right, dtype)

@@ -23,7 +23,7 @@ LossFn = Callable[[Any, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
-class ProbeBatch:
+class ExampleBatch:
     """Inputs and targets of ``n`` examples, in whichever structure the model takes."""
 
     inputs: Any
@@ -31,7 +31,7 @@ class ProbeBatch:
     n: int
 
     @classmethod
-    def create(cls, inputs: Any, targets: Tensor) -> ProbeBatch:
+    def create(cls, inputs: Any, targets: Tensor) -> ExampleBatch:
         if not isinstance(targets, Tensor):
             raise TypeError(f"targets must be a torch.Tensor with one entry per example, got {type(targets).__name__}")
         if targets.dim() == 0:
@@ -50,15 +50,15 @@ class ProbeBatch:
             )
         return cls(inputs, targets, n)
 
-    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> ProbeBatch:
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> ExampleBatch:
         """Apply ``fn`` to every tensor (inputs and targets)."""
-        return ProbeBatch(_map(self.inputs, fn), fn(self.targets), self.n)
+        return ExampleBatch(_map(self.inputs, fn), fn(self.targets), self.n)
 
-    def rows(self, start: int, stop: int) -> ProbeBatch:
+    def rows(self, start: int, stop: int) -> ExampleBatch:
         n = self.n
         stop = min(stop, n)
         sliced = _map(self.inputs, lambda t: t[start:stop] if _is_per_example(t, n) else t)
-        return ProbeBatch(sliced, self.targets[start:stop], stop - start)
+        return ExampleBatch(sliced, self.targets[start:stop], stop - start)
 
     def in_dims(self) -> Any:
         """``vmap`` ``in_dims`` for ``inputs``: 0 for per-example tensors, ``None`` otherwise."""

@@ -15,14 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, hf_vmap_mask_checks, per_example_losses
+from lightning_stiffness.gram.inputs import ExampleBatch, LossFn, call_model, hf_vmap_mask_checks, per_example_losses
 
 __all__: list[str] = []  # internal to the package: no public names
 
 RowFn = Callable[[int, int], Tensor]
 
 
-def loop_rows(model: nn.Module, params: dict[str, nn.Parameter], batch: ProbeBatch, loss_fn: LossFn | None) -> RowFn:
+def loop_rows(model: nn.Module, params: dict[str, nn.Parameter], batch: ExampleBatch, loss_fn: LossFn | None) -> RowFn:
     """Rows of ``J`` from one forward/backward per example (plain autograd)."""
     names = list(params)
     tensors = [params[k] for k in names]
@@ -39,7 +39,7 @@ def loop_rows(model: nn.Module, params: dict[str, nn.Parameter], batch: ProbeBat
     return rows
 
 
-def vmap_rows(model: nn.Module, params: dict[str, nn.Parameter], batch: ProbeBatch, loss_fn: LossFn | None) -> RowFn:
+def vmap_rows(model: nn.Module, params: dict[str, nn.Parameter], batch: ExampleBatch, loss_fn: LossFn | None) -> RowFn:
     """Rows of ``J`` from ``vmap(grad(functional_call))``, the torch.func per-sample recipe.
 
     Parameters outside ``params`` stay fixed at the module's own values.

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from lightning_stiffness.gram.cost import BYTES
-from lightning_stiffness.gram.factors import KroneckerTerm, ghost_block, materialize
+from lightning_stiffness.gram.factors import KroneckerTerm, kernel_trick_block, materialize
 
 __all__: list[str] = []  # internal to the package: no public names
 
@@ -41,7 +41,7 @@ def _add_tile(out: Tensor, rows: tuple[int, int], cols: tuple[int, int], block: 
         out[j0:j1, i0:i1] += block.T
 
 
-def add_ghost_gram(out: Tensor, terms: list[KroneckerTerm], memory_budget: float) -> None:
+def add_kernel_trick_gram(out: Tensor, terms: list[KroneckerTerm], memory_budget: float) -> None:
     """``out += K`` with ``K[n, m] = Σ_{p,q} Σ_{t,s} (u^p_nt·u^q_ms)(v^p_nt·v^q_ms)``, tiled."""
     n = out.shape[0]
     total_t = sum(t.positions for t in terms)
@@ -53,7 +53,7 @@ def add_ghost_gram(out: Tensor, terms: list[KroneckerTerm], memory_budget: float
         rows_i = [t.rows(i0, i1) for t in terms]
         for j0, j1 in tiles[: bi + 1]:
             rows_j = rows_i if j0 == i0 else [t.rows(j0, j1) for t in terms]
-            block = sum(ghost_block(p, q, out.dtype) for p in rows_i for q in rows_j)
+            block = sum(kernel_trick_block(p, q, out.dtype) for p in rows_i for q in rows_j)
             assert isinstance(block, Tensor)
             _add_tile(out, (i0, i1), (j0, j1), block)
 

@@ -39,16 +39,16 @@ from lightning_stiffness.gram.capture import (
     record_shapes,
     resolve_example_axes,
 )
-from lightning_stiffness.gram.cost import choose_strategy
+from lightning_stiffness.gram.cost import choose_path
 from lightning_stiffness.gram.factors import KroneckerTerm, materialize
-from lightning_stiffness.gram.inputs import LossFn, ProbeBatch, call_model, per_example_losses
+from lightning_stiffness.gram.inputs import ExampleBatch, LossFn, call_model, per_example_losses
 from lightning_stiffness.gram.reference import RowFn, loop_rows, vmap_rows
 from lightning_stiffness.gram.rules import PerExampleGrad, find_rule
 from lightning_stiffness.gram.rules.raw_parameter import RawCapture, capture_raw_parameters
 from lightning_stiffness.gram.sharding import is_sharded
-from lightning_stiffness.gram.tiling import add_dense_gram, add_ghost_gram, add_materialized_gram, add_row_gram
+from lightning_stiffness.gram.tiling import add_dense_gram, add_kernel_trick_gram, add_materialized_gram, add_row_gram
 
-LayerStrategy = Literal["auto", "ghost", "materialize"]
+LayerPath = Literal["auto", "kernel_trick", "materialize"]
 
 
 @dataclass
@@ -58,7 +58,7 @@ class GramAccumulator:
     gram: Tensor
     keep_blocks: bool
     blocks: dict[str, Tensor] = field(default_factory=dict)
-    strategies: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
 
     def target(self, block: str) -> Tensor:
         """Where a contribution to ``block`` is added (its own matrix when blocks are kept)."""
@@ -97,14 +97,14 @@ def add_rows_gram(acc: GramAccumulator, params: dict[str, nn.Parameter], rows: R
     add_row_gram(acc.gram, rows, bytes_per_row, memory_budget, column_blocks=targets)
 
 
-def kernel_gram(
+def hooks_gram(
     model: nn.Module,
     params: dict[str, nn.Parameter],
-    batch: ProbeBatch,
+    batch: ExampleBatch,
     loss_fn: LossFn | None,
     acc: GramAccumulator,
     memory_budget: float,
-    layer_strategy: LayerStrategy = "auto",
+    layer_path: LayerPath = "auto",
 ) -> None:
     """Add the exact Gram of ``params`` to ``acc`` by the kernel engine (see module doc)."""
     owners = _owners(model, params)
@@ -133,7 +133,7 @@ def kernel_gram(
     del outputs, losses
     for pname in sorted(direct, key=list(params).index):
         uses_of_p: list[PerExampleGrad] = list(raw.per_example_grads(pname, backprops, acc.gram.dtype))
-        acc.strategies[pname] = _add_parameter_gram(acc.target(block_name(pname)), uses_of_p, memory_budget, "auto")
+        acc.paths[pname] = _add_parameter_gram(acc.target(block_name(pname)), uses_of_p, memory_budget, "auto")
 
     # The shape trace runs after the backward: FSDP2 plans its backward prefetches from the order
     # of the forwards before it, and ranks whose backward stops at different layers must agree.
@@ -160,7 +160,7 @@ def kernel_gram(
             parts.extend(grads[attr] for grads in cache[m] if attr in grads)
         if not parts:  # the parameter reached the loss through its module, so its rule must cover it
             raise RuntimeError(f"the layer rule of {owner_attrs[0][0]!r} returned no gradient for {pname!r}")
-        acc.strategies[pname] = _add_parameter_gram(acc.target(block_name(pname)), parts, memory_budget, layer_strategy)
+        acc.paths[pname] = _add_parameter_gram(acc.target(block_name(pname)), parts, memory_budget, layer_path)
         for m, _ in owner_attrs:
             remaining[m] -= 1
             if remaining[m] == 0:
@@ -178,13 +178,13 @@ def kernel_gram(
         sub = {k: params[k] for k in params if k in fallback}
         used = rows_gram_with_fallback(model, sub, batch, loss_fn, acc, memory_budget)
         for k in sub:
-            acc.strategies[k] = f"fallback-{used}"
+            acc.paths[k] = f"fallback-{used}"
 
 
 def rows_gram_with_fallback(
     model: nn.Module,
     params: dict[str, nn.Parameter],
-    batch: ProbeBatch,
+    batch: ExampleBatch,
     loss_fn: LossFn | None,
     acc: GramAccumulator,
     memory_budget: float,
@@ -208,13 +208,13 @@ def rows_gram_with_fallback(
         return "loop"
 
 
-def other_batch(batch: ProbeBatch) -> ProbeBatch | None:
+def other_batch(batch: ExampleBatch) -> ExampleBatch | None:
     """The batch of the shape-only trace: the first example alone (the cheapest forward), or
     ``None`` when ``N = 1`` — then every position of a call belongs to the one example."""
     return batch.rows(0, 1) if batch.n > 1 else None
 
 
-def trace_shapes(model: nn.Module, hooked: dict[str, nn.Module], batch: ProbeBatch) -> dict[str, CallShapes] | str:
+def trace_shapes(model: nn.Module, hooked: dict[str, nn.Module], batch: ExampleBatch) -> dict[str, CallShapes] | str:
     """Input and output shapes of every call of ``hooked`` in a forward over ``batch`` (grad mode
     as in the capture pass, so the same code paths run), or why that forward failed."""
     with record_shapes(hooked) as shapes, _eager():
@@ -241,7 +241,7 @@ def _module_grads(
     return [rule.call_grads(module, call, backprops[id(call.z)], dtype) for call in calls if id(call.z) in backprops]
 
 
-def _add_parameter_gram(out: Tensor, parts: list[PerExampleGrad], memory_budget: float, strategy: LayerStrategy) -> str:
+def _add_parameter_gram(out: Tensor, parts: list[PerExampleGrad], memory_budget: float, strategy: LayerPath) -> str:
     """Sum a parameter's uses, then add its Gram to ``out``. Returns the path taken."""
     terms = [t for part in parts if isinstance(part, list) for t in part]
     dense = [part for part in parts if isinstance(part, Tensor)]
@@ -254,9 +254,9 @@ def _add_parameter_gram(out: Tensor, parts: list[PerExampleGrad], memory_budget:
         return "dense"
     if not terms:
         return "unused"
-    chosen = choose_strategy(terms, out.shape[0], memory_budget) if strategy == "auto" else strategy
-    if chosen == "ghost":
-        add_ghost_gram(out, terms, memory_budget)
+    chosen = choose_path(terms, out.shape[0], memory_budget) if strategy == "auto" else strategy
+    if chosen == "kernel_trick":
+        add_kernel_trick_gram(out, terms, memory_budget)
     else:
         add_materialized_gram(out, terms, memory_budget)
     return chosen
@@ -387,4 +387,4 @@ def _warn_fallback(fallback: dict[str, str]) -> None:
     )
 
 
-__all__ = ["GramAccumulator", "KroneckerTerm", "add_rows_gram", "block_name", "kernel_gram", "rows_gram_with_fallback"]
+__all__ = ["GramAccumulator", "KroneckerTerm", "add_rows_gram", "block_name", "hooks_gram", "rows_gram_with_fallback"]

@@ -152,8 +152,16 @@ class OverheadBudget:
     @staticmethod
     def label(trigger: str, pending: list[tuple[int, str]]) -> str:
         """Trigger label of a measurement that also takes the waiting ones, e.g.
-        ``"every_n_steps(deferred from 150)"``; ``trigger`` may be empty."""
-        parts = [f"{t}(deferred from {s})" for s, t in pending]
+        ``"every_n_steps(deferred from 150)"``, or for several waiting ones of one trigger
+        ``"every_n_steps(3 deferred from 50-150)"`` (their count, first and last step: the label
+        stays short however long they waited); ``trigger`` may be empty."""
+        steps: dict[str, list[int]] = {}
+        for s, t in pending:
+            steps.setdefault(t, []).append(s)
+        parts = [
+            f"{t}(deferred from {s[0]})" if len(s) == 1 else f"{t}({len(s)} deferred from {s[0]}-{s[-1]})"
+            for t, s in steps.items()
+        ]
         return "+".join([*parts, *([trigger] if trigger else [])])
 
     def summary(self) -> str:
@@ -187,6 +195,14 @@ class OverheadBudget:
         self.spent = float(state.get("spent", 0.0))
         last = state.get("last_cost")
         self.last_cost = None if last is None else float(last)
+        self.deferred = int(state.get("deferred", 0))
+        self.merged = int(state.get("merged", 0))
+        self.pending = [(int(s), str(t)) for s, t in state.get("pending", [])]
+
+    def follow(self, state: dict[str, Any]) -> None:
+        """Adopt another budget's decisions (``deferred``, ``merged``, ``pending`` of its
+        :meth:`state_dict`), keeping this one's own seconds. Under DDP/FSDP rank 0 decides and the
+        other ranks follow, so that every rank measures, and keeps waiting, at the same steps."""
         self.deferred = int(state.get("deferred", 0))
         self.merged = int(state.get("merged", 0))
         self.pending = [(int(s), str(t)) for s, t in state.get("pending", [])]

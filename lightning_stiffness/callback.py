@@ -30,6 +30,7 @@ from lightning_stiffness.analytics import (
     cosine_distance_matrix,
     input_distances,
 )
+from lightning_stiffness.budget import OverheadBudget
 from lightning_stiffness.gram import GramResult, per_example_gram, select_parameters
 from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
 from lightning_stiffness.gram.inputs import ExampleBatch
@@ -132,7 +133,9 @@ class StiffnessCallback(Callback):
         ...     def configure_optimizers(self):
         ...         return torch.optim.Adam(self.parameters(), lr=1e-2)
         >>> data = TensorDataset(torch.randn(90, 8), torch.arange(90) % 3)
-        >>> cb = StiffnessCallback(every_n_steps=5, splits=("train",), per_class=4, log_images=False)
+        >>> # max_overhead=None: measure exactly on schedule (default: the callback takes at most 5%
+        >>> # of the training time and defers scheduled measurements that would exceed it, saying so)
+        >>> cb = StiffnessCallback(every_n_steps=5, splits=("train",), per_class=4, log_images=False, max_overhead=None)
         >>> trainer = L.Trainer(max_steps=10, callbacks=[cb], logger=False, enable_checkpointing=False,
         ...                     enable_progress_bar=False, enable_model_summary=False,
         ...                     default_root_dir=getfixture("tmp_path"))
@@ -180,7 +183,9 @@ class StiffnessCallback(Callback):
         self._last_step: int | None = None
         self._measured_steps: set[int] = set()
         self._pending: list[str] = []
-        self._measure_seconds = 0.0
+        # every second the callback spends, and the max_overhead time budget built on them
+        self._budget = OverheadBudget(self.settings.schedule.max_overhead)
+        self._epoch_end_step: int | None = None  # step whose batch-end hook already handled "epoch_end"
         self._train_seconds_before = 0.0  # training wall-clock of earlier (resumed-from) fits
         self._train_start: float | None = None
         self._save_path: Path | None = None
@@ -226,13 +231,12 @@ class StiffnessCallback(Callback):
         self._save_path = self._resolve_directory(trainer)
         if not self._participates(trainer):
             return
-        start = time.perf_counter()
-        self._prepare_probe(trainer, pl_module)
-        self._measure_seconds += time.perf_counter() - start
-        if trainer.is_global_zero:
-            self._save_run_info(trainer, pl_module)
-        for writer in tensorboard_writers(trainer.loggers):
-            writer.add_custom_scalars(custom_scalars_layout())
+        with self._budget.timed(measurement=False):
+            self._prepare_probe(trainer, pl_module)
+            if trainer.is_global_zero:
+                self._save_run_info(trainer, pl_module)
+            for writer in tensorboard_writers(trainer.loggers):
+                writer.add_custom_scalars(custom_scalars_layout())
         trigger = self.schedule.step_trigger(trainer.global_step) if trainer.global_step == 0 else None
         if trigger and 0 not in self._measured_steps:
             self._measure(trainer, pl_module, trigger)
@@ -240,6 +244,15 @@ class StiffnessCallback(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        with self._budget.timed(measurement=False):  # the hook's own work counts in the share
+            trigger = self._due_trigger(trainer, pl_module, outputs)
+            label = self._decide(trainer, trainer.global_step, trigger) if self._participates(trainer) else None
+        if label:
+            self._measure(trainer, pl_module, label)
+
+    def _due_trigger(self, trainer: Trainer, pl_module: LightningModule, outputs: Any) -> str | None:
+        """What the schedule asks for after this batch (``"every_n_steps+loss<=0.1"``; None:
+        nothing, or no optimizer step yet). Identical on every rank under DDP/FSDP."""
         loss = _loss_value(outputs)
         if loss is not None and pl_module.automatic_optimization:
             # Lightning hands callbacks the loss divided by accumulate_grad_batches (what it
@@ -253,22 +266,68 @@ class StiffnessCallback(Callback):
             self._pending.extend(f"loss<={t:g}" for t in self.schedule.update_loss(loss))
         step = trainer.global_step
         if step == self._last_step:  # gradient accumulation: no optimizer step yet
-            return
+            return None
         self._last_step = step
         trigger = self.schedule.step_trigger(step)
         triggers = [*self._pending, *([trigger] if trigger else [])]
         if self.schedule.at_epoch_end and trainer.is_last_batch:
             triggers.append("epoch_end")  # labelled even when another trigger falls on this step
+            self._epoch_end_step = step
         self._pending = []
-        if triggers and self._participates(trainer):
-            self._measure(trainer, pl_module, "+".join(triggers))
+        return "+".join(triggers) or None
+
+    def _decide(self, trainer: Trainer, step: int, trigger: str | None) -> str | None:
+        """The label to measure with at ``step`` (None: do not measure), as the time budget
+        decides (:meth:`OverheadBudget.decide`); its first deferral is said once.
+
+        Under DDP/FSDP the Gram is a collective, so every rank must measure at the same steps:
+        global rank 0 decides on its clock and broadcasts the decision with its deferral queue,
+        which the other ranks adopt. The schedule and that queue are identical on every rank, so
+        all of them reach the broadcast at the same steps (only when something is due or waiting)."""
+        budget = self._budget
+        if trigger is None and not budget.pending:
+            return None
+        decision = budget.decide(step, trigger, self._train_seconds()) if trainer.is_global_zero else None
+        if is_distributed():
+            shared: tuple[str | None, dict[str, Any]] | None = (
+                (decision.trigger, budget.state_dict()) if decision is not None else None
+            )
+            shared = trainer.strategy.broadcast(shared, src=0)
+            assert shared is not None  # rank 0 always decides here
+            label = shared[0]
+            if not trainer.is_global_zero:
+                budget.follow(shared[1])
+        else:
+            label = decision.trigger if decision is not None else None
+        if decision is not None and decision.notice:
+            rank_zero_warn(f"StiffnessCallback: {decision.notice}")
+        return label
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.schedule.at_epoch_end or not self._participates(trainer):
             return
-        if trainer.global_step in self._measured_steps:
+        step = trainer.global_step
+        if step in self._measured_steps or step == self._epoch_end_step:
+            return  # measured, or handled (perhaps deferred) at the epoch's last optimizer step
+        self._epoch_end_step = step
+        with self._budget.timed(measurement=False):
+            label = self._decide(trainer, step, "epoch_end")
+        if label:
+            self._measure(trainer, pl_module, label)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Take the measurements still waiting for the budget (together, as one), then say once
+        what the budget did: how many scheduled measurements were deferred and merged."""
+        if not self._participates(trainer):
             return
-        self._measure(trainer, pl_module, "epoch_end")
+        budget = self._budget
+        if budget.pending and trainer.global_step not in self._measured_steps:
+            pending = budget.take_pending()  # identical on every rank: all of them measure
+            budget.merged += len(pending) - 1
+            self._measure(trainer, pl_module, budget.label("", pending))
+        summary = budget.summary()
+        if summary:
+            rank_zero_warn(f"StiffnessCallback: {summary}")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -276,7 +335,7 @@ class StiffnessCallback(Callback):
             "schedule": self.schedule.state_dict(),
             "saved_files": list(self.saved_files),
             "failures": list(self.failures),
-            "measure_seconds": self._measure_seconds,
+            "budget": self._budget.state_dict(),
             "train_seconds": self._train_seconds(),
             "measured_steps": sorted(self._measured_steps),
         }
@@ -286,7 +345,10 @@ class StiffnessCallback(Callback):
             self.probe_spec = ProbeSpec.from_dict(state_dict["probe"])
         self.schedule.load_state_dict(state_dict.get("schedule", {}))
         self.failures = list(state_dict.get("failures", []))
-        self._measure_seconds = float(state_dict.get("measure_seconds", 0.0))
+        if "budget" in state_dict:
+            self._budget.load_state_dict(state_dict["budget"])
+        else:  # checkpoints before the time budget: only the callback's seconds
+            self._budget.spent = float(state_dict.get("measure_seconds", 0.0))
         self._train_seconds_before = float(state_dict.get("train_seconds", 0.0))
         self._measured_steps = {int(s) for s in state_dict.get("measured_steps", [])}
         self.saved_files = [f for f in state_dict.get("saved_files", []) if Path(f).exists()]
@@ -465,17 +527,16 @@ class StiffnessCallback(Callback):
         all-reduce); only global rank 0 analyses, saves and logs."""
         step = trainer.global_step
         self._measured_steps.add(step)  # on every rank, so all ranks agree on what is still due
-        start = time.perf_counter()
-        measurement = self._compute(trainer, pl_module, step, trigger)
-        computed = time.perf_counter()
-        if measurement is not None:
-            measurement.seconds = computed - start
-        self._measure_seconds += computed - start
-        self._share_metrics(trainer, measurement)
-        if measurement is not None:
-            self.measurements.append(measurement)
-            self._publish(trainer, measurement)
-        self._measure_seconds += time.perf_counter() - computed  # sharing, saving and logging count too
+        # the whole measurement, failures, sharing, saving, logging and images included, is its cost
+        with self._budget.timed():
+            start = time.perf_counter()
+            measurement = self._compute(trainer, pl_module, step, trigger)
+            if measurement is not None:
+                measurement.seconds = time.perf_counter() - start
+            self._share_metrics(trainer, measurement)
+            if measurement is not None:
+                self.measurements.append(measurement)
+                self._publish(trainer, measurement)
 
     def _compute(self, trainer: Trainer, pl_module: LightningModule, step: int, trigger: str) -> Measurement | None:
         """Gram (every rank) and analysis (rank 0); a failure is recorded and warned, never raised."""
@@ -506,11 +567,15 @@ class StiffnessCallback(Callback):
 
     def _logged_scalars(self, m: Measurement) -> dict[str, float]:
         """Every scalar of a measurement as logged: ``stiffness/...`` statistics, the share of the
-        training wall-clock the callback has taken so far, the smoothed training loss."""
-        elapsed = self._train_seconds()
+        training wall-clock the callback has taken so far (everything it did before this
+        measurement, which counts from the next one on), how many scheduled measurements the time budget
+        deferred and merged so far, the smoothed training loss."""
         metrics = scalar_metrics(m)
-        if elapsed > 0:
-            metrics["stiffness/cost/share"] = self._measure_seconds / elapsed
+        share = self._budget.share(self._train_seconds())
+        if math.isfinite(share):
+            metrics["stiffness/cost/share"] = share
+        metrics["stiffness/cost/deferred"] = float(self._budget.deferred)
+        metrics["stiffness/cost/merged"] = float(self._budget.merged)
         if m.train_loss is not None and math.isfinite(m.train_loss):
             metrics["stiffness/train_loss_smoothed"] = m.train_loss
         return metrics
@@ -610,7 +675,8 @@ class StiffnessCallback(Callback):
     def _publish(self, trainer: Trainer, m: Measurement) -> None:
         """Save and log a measurement; a logging problem is reported, never raised."""
         try:
-            self.saved_files.append(str(save_measurement(m, self._directory(trainer))))
+            directory = self._directory(trainer)
+            self.saved_files.append(str(save_measurement(m, directory, matrices=self.settings.output.save_matrices)))
             metrics = self._logged_scalars(m)
             log_scalars(trainer.loggers, m, metrics, step=m.step)
             # the start images (``<tag>/start``) belong to the run's first measurement at train start,

@@ -9,6 +9,7 @@ default ``<logger.log_dir>/stiffness``; the format is in :mod:`lightning_stiffne
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import tempfile
@@ -42,8 +43,17 @@ __all__ = [
 ]
 
 
+#: Longest trigger kept in a file name; a longer one (merged deferred triggers) is cut and hashed.
+MAX_TRIGGER_CHARS = 96
+
+
 def measurement_filename(m: Measurement) -> str:
+    """``measurement-<step>-<trigger>.pt``, the trigger made safe for file names and at most
+    :data:`MAX_TRIGGER_CHARS` long (file systems refuse names over 255 bytes)."""
     trigger = "".join(c if c.isalnum() or c in "._-" else "_" for c in m.trigger)
+    if len(trigger) > MAX_TRIGGER_CHARS:
+        digest = hashlib.sha1(m.trigger.encode()).hexdigest()[:10]
+        trigger = f"{trigger[: MAX_TRIGGER_CHARS - 11]}-{digest}"
     return f"measurement-{m.step:09d}-{trigger}.pt"
 
 

@@ -61,8 +61,10 @@ class MeasurementSchedule:
 
     @classmethod
     def from_settings(cls, settings: Any) -> MeasurementSchedule:
-        """A fresh schedule (no loss history) for :class:`~lightning_stiffness.settings.ScheduleSettings`."""
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(settings)})
+        """A fresh schedule (no loss history) for :class:`~lightning_stiffness.settings.ScheduleSettings`
+        (its ``max_overhead`` is the callback's time budget, not part of the schedule)."""
+        own = {f.name for f in fields(cls)}
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(settings) if f.name in own})
 
     def step_trigger(self, step: int) -> str | None:
         """Reason to measure after optimizer step ``step`` (``None``: not due)."""

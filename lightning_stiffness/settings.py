@@ -20,6 +20,7 @@ from typing import Any
 from lightning_stiffness.analytics import AnalysisConfig
 from lightning_stiffness.gram.api import METHODS, current_name
 from lightning_stiffness.gram.inputs import LossFn
+from lightning_stiffness.measurement import SAVED_MATRICES
 from lightning_stiffness.probe import BatchAdapter, GroupKey
 
 __all__ = [
@@ -59,6 +60,12 @@ class ScheduleSettings:
         loss_thresholds: measure the first time the smoothed training loss is ≤ each value
             (v1 Figs 8 and 10 compare learning rates at equal training loss).
         loss_smoothing: EMA factor for that training loss (0: no smoothing).
+        max_overhead: the largest share of the fit's wall-clock the callback may take (every hook,
+            measurement, saving, logging and image included), in (0, 1); None: no budget, every
+            scheduled measurement is taken on time. A scheduled measurement that would exceed it is
+            deferred to the next step the budget allows (waiting ones are taken together), said
+            once when it first happens, with counts at the end of training; ``at_start`` and
+            loss-threshold measurements are never deferred.
     """
 
     every_n_steps: int | None = 50
@@ -67,9 +74,12 @@ class ScheduleSettings:
     at_epoch_end: bool = False
     loss_thresholds: tuple[float, ...] = ()
     loss_smoothing: float = 0.9
+    max_overhead: float | None = 0.05
 
     def __post_init__(self) -> None:
         _set(self, "loss_thresholds", tuple(float(t) for t in self.loss_thresholds))
+        if self.max_overhead is not None and not 0 < self.max_overhead < 1:
+            raise ValueError(f"max_overhead must lie in (0, 1) or be None, got {self.max_overhead}")
         if self.every_n_steps is not None and self.every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive integer or None, got {self.every_n_steps}")
         if self.log_points_per_decade is not None and self.log_points_per_decade < 1:
@@ -187,15 +197,22 @@ class OutputSettings:
             (TensorBoard, W&B, MLflow); without one they are skipped with one notice.
         image_every: log images at every k-th measurement.
         save_dir: where measurements are saved (default ``<trainer.log_dir>/stiffness``).
+        save_matrices: which ``(N, N)`` matrices each measurement file keeps: ``"gram"`` (sign and
+            cosine stiffness are recomputed from it on loading; 4·N² bytes, 1 MB at N = 500),
+            ``"all"`` (Gram, sign and cosine: three times that) or ``"none"`` (statistics, curves
+            and class matrices only, a few tens of kB; loaded with ``has_matrices=False``).
     """
 
     log_images: bool = True
     image_every: int = 1
     save_dir: str | None = None
+    save_matrices: str = "gram"
 
     def __post_init__(self) -> None:
         if self.image_every < 1:
             raise ValueError(f"image_every must be >= 1, got {self.image_every}")
+        if self.save_matrices not in SAVED_MATRICES:
+            raise ValueError(f"save_matrices must be one of {SAVED_MATRICES}, got {self.save_matrices!r}")
 
 
 def _validate_analysis(config: AnalysisConfig) -> None:

@@ -129,17 +129,14 @@ def _fsdp1_rank(rank: int, world: int, out: str) -> None:
 
 
 def _probe_callback(save_dir: str, **extra: Any) -> Any:
-    """The callback both multi-process fits use: 4 train examples per class, every 2 steps."""
+    """The callback the multi-process fits use: 4 train examples per class, every 2 steps, the
+    exact schedule (``max_overhead=None``); ``extra`` settings override these."""
     from lightning_stiffness import StiffnessCallback
 
-    return StiffnessCallback(
-        every_n_steps=2,
-        per_class=4,
-        splits=("train",),
-        log_images=False,
-        save_dir=save_dir,
-        **extra,  # type: ignore[arg-type]
+    settings: dict[str, Any] = dict(
+        every_n_steps=2, per_class=4, splits=("train",), log_images=False, save_dir=save_dir, max_overhead=None
     )
+    return StiffnessCallback(**{**settings, **extra})
 
 
 def _fit(out: str, with_callback: bool) -> dict[str, torch.Tensor]:
@@ -236,7 +233,7 @@ def _fit_ddp_defaults(out: str, strategy: str) -> None:
     L.seed_everything(0, verbose=False)
     model = FullyShardedTinyClassifier(dropout=0.0) if strategy == "model-parallel" else TinyClassifier(dropout=0.0)
     lightning_strategies: dict[str, Any] = {"fsdp1": _cpu_fsdp_strategy, "model-parallel": ModelParallelStrategy}
-    callback = StiffnessCallback(every_n_steps=3, per_class=4)
+    callback = StiffnessCallback(every_n_steps=3, per_class=4, max_overhead=None)  # the exact schedule
     fit_trainer = L.Trainer(
         accelerator="cpu",
         strategy=lightning_strategies[strategy]() if strategy in lightning_strategies else strategy,
@@ -257,6 +254,35 @@ def _fit_ddp_defaults(out: str, strategy: str) -> None:
     if fit_trainer.global_rank == 0 and strategy != "ddp_spawn":
         assert not callback.failures, callback.failures
         assert [m.step for m in callback.measurements] == [0, 3, 6]
+
+
+def _fit_ddp_budget(out: str) -> None:
+    """DDP with a time budget too small for any scheduled measurement: rank 0 decides, every rank
+    follows. Each rank writes what it measured and what its budget counted."""
+    import json
+    import warnings
+
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from tests.lightning_helpers import TinyClassifier, tiny_data, trainer
+
+    L.seed_everything(0, verbose=False)
+    callback = _probe_callback(f"{out}/measurements", every_n_steps=1, max_overhead=0.001)
+    fit_trainer = trainer(out, [callback], strategy="ddp", devices=2, max_steps=6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_trainer.fit(TinyClassifier(dropout=0.0), DataLoader(tiny_data(96, 0), batch_size=8))
+    budget = callback._budget
+    record = {
+        "measured_steps": sorted(callback._measured_steps),
+        "deferred": budget.deferred,
+        "merged": budget.merged,
+        "pending": budget.pending,
+        "failures": callback.failures,
+        "warnings": [str(w.message) for w in caught if "StiffnessCallback" in str(w.message)],
+    }
+    Path(f"{out}/budget-rank{fit_trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 def main() -> None:
@@ -280,6 +306,8 @@ def main() -> None:
             torch.save({"plain": plain, "probed": probed, "paths": paths}, f"{out}/fsdp1_weights.pt")
     elif mode.startswith("defaults-"):
         _fit_ddp_defaults(out, mode.removeprefix("defaults-"))
+    elif mode == "ddp-budget":
+        _fit_ddp_budget(out)
     elif mode == "ddp":
         torch.save({"plain": _fit(out, False), "probed": _fit(out, True)}, f"{out}/ddp_weights.pt")
     else:

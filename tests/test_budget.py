@@ -52,7 +52,7 @@ def test_waiting_measurements_are_taken_together_and_counted_as_merged() -> None
     second = budget.decide(100, "every_n_steps", 10.0)
     assert second.trigger is None and second.notice is None  # one notice per run
     taken = budget.decide(150, "every_n_steps", 30.0)
-    assert taken.trigger == "every_n_steps(deferred from 50)+every_n_steps(deferred from 100)+every_n_steps"
+    assert taken.trigger == "every_n_steps(2 deferred from 50-100)+every_n_steps"
     assert budget.deferred == 2 and budget.merged == 2  # three scheduled, one taken
     assert "2 fewer measurements were taken than scheduled" in budget.summary()
 
@@ -93,3 +93,9 @@ def test_state_round_trip_and_validation() -> None:
             OverheadBudget(bad)
     with pytest.raises(ValueError, match="seconds"):
         budget.record(-1.0)
+
+
+def test_the_label_of_many_waiting_measurements_stays_short() -> None:
+    pending = [(s, "every_n_steps") for s in range(50, 5001, 50)] + [(7, "log_spaced")]
+    label = OverheadBudget.label("epoch_end", pending)
+    assert label == "every_n_steps(100 deferred from 50-5000)+log_spaced(deferred from 7)+epoch_end"

@@ -54,7 +54,7 @@ class NoForwardModule(L.LightningModule):
 
 
 def _callback(**kwargs: Any) -> StiffnessCallback:
-    settings: dict[str, Any] = dict(every_n_steps=3, per_class=4, log_images=False)
+    settings: dict[str, Any] = dict(every_n_steps=3, per_class=4, log_images=False, max_overhead=None)
     settings.update(kwargs)
     return StiffnessCallback(**settings)
 
@@ -148,7 +148,7 @@ def test_default_images_without_tensorboard_logger(
 ) -> None:
     """Images are on by default; with no logger that takes them the run still measures, logs its
     scalars where it can, and says once that images are skipped."""
-    cb = StiffnessCallback(every_n_steps=3, per_class=4)
+    cb = StiffnessCallback(every_n_steps=3, per_class=4, max_overhead=None)  # the exact schedule
     lg: Any = False if logger == "none" else CSVLogger(str(tmp_path))
     train, val = loaders()
     with caplog.at_level(logging.INFO):

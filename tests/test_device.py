@@ -76,7 +76,12 @@ def _fit(out: Path, kind: str, with_callback: bool) -> tuple[dict[str, Tensor], 
     model = FullyShardedTinyClassifier(dropout=0.0) if kind == "model-parallel" else TinyClassifier(dropout=0.0)
     callback = (
         StiffnessCallback(
-            every_n_steps=2, per_class=4, splits=("train",), log_images=False, save_dir=str(out / "measurements")
+            every_n_steps=2,
+            per_class=4,
+            splits=("train",),
+            log_images=False,
+            save_dir=str(out / "measurements"),
+            max_overhead=None,
         )
         if with_callback
         else None

@@ -167,3 +167,25 @@ def test_callback_with_default_settings_multiprocess(tmp_path: Path, strategy: s
 def test_partition_edge_cases(world: int) -> None:
     groups = partition_parameters({"a": 5, "b": 2}, world)
     assert len(groups) == world and sorted(n for g in groups for n in g) == ["a", "b"]
+
+
+def test_time_budget_under_ddp_defers_the_same_measurements_on_every_rank(tmp_path: Path) -> None:
+    """``max_overhead`` far below what a measurement costs: rank 0 defers every scheduled
+    measurement and broadcasts its decisions; both ranks take part in the same Grams (no hang), keep
+    the same queue, and the waiting ones are taken together at the end of training."""
+    import json
+
+    _run_worker("ddp-budget", tmp_path, timeout=240)
+    ranks = [json.loads((tmp_path / f"budget-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["measured_steps"] == ranks[1]["measured_steps"]
+    for key in ("deferred", "merged", "pending"):
+        assert ranks[0][key] == ranks[1][key], key
+    assert not ranks[0]["failures"] and not ranks[1]["failures"]
+    assert ranks[0]["deferred"] > 0 and ranks[0]["pending"] == []
+    saved = load_measurements(tmp_path / "measurements")
+    assert [m.step for m in saved] == ranks[0]["measured_steps"]
+    assert saved[0].trigger == "start" and any("deferred from" in m.trigger for m in saved)
+    assert len(saved) == 1 + 6 - ranks[0]["merged"]  # start + six scheduled, less those merged
+    notices = [w for w in ranks[0]["warnings"] if "is deferred" in w]
+    summaries = [w for w in ranks[0]["warnings"] if "were deferred" in w]
+    assert len(notices) == 1 and len(summaries) == 1 and f"{ranks[0]['deferred']} scheduled" in summaries[0]

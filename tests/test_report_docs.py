@@ -27,7 +27,9 @@ from tests.test_report import _m, _run
 
 
 def _cb() -> StiffnessCallback:
-    return StiffnessCallback(every_n_steps=4, per_class=5, log_images=False, bootstrap=5, splits=("train", "val"))
+    return StiffnessCallback(
+        every_n_steps=4, per_class=5, log_images=False, bootstrap=5, splits=("train", "val"), max_overhead=None
+    )
 
 
 def _fit(root: Path, cb: StiffnessCallback, *, max_epochs: int, lr: float = 1e-2, ckpt: str | None = None) -> None:

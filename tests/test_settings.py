@@ -35,7 +35,7 @@ def test_every_flat_keyword_lands_in_its_group_field() -> None:
         params=["net.0"], memory_budget=123.0, module_attr="net", verify=1, input_distance=False,
         representation_layers=("net.1",), layerwise=True, superclasses=(0, 0, 1), num_classes=3,
         include_self=True, bins=9, critical_length_pairs="all", max_distance=0.7, bootstrap=4,
-        permutations=17, log_images=False, image_every=2, save_dir="somewhere",
+        permutations=17, log_images=False, image_every=2, save_dir="somewhere", max_overhead=0.2, save_matrices="none",
     )  # fmt: skip
     assert set(values) | {"probe_datasets", "batch_adapter", "loss_fn"} == set(flat_names())
     cb = StiffnessCallback(**values)

@@ -7,57 +7,41 @@ The callback only orchestrates: probe (:mod:`~lightning_stiffness.probe`) → Gr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
+from torch import Tensor
 
 from lightning_stiffness.analytics import (
     AnalysisConfig,
-    analyze,
-    analyze_without_classes,
-    cosine_distance_matrix,
-    input_distances,
 )
 from lightning_stiffness.budget import OverheadBudget
-from lightning_stiffness.gram import GramResult, per_example_gram, select_parameters
-from lightning_stiffness.gram.distributed import distributed_gram, is_distributed
-from lightning_stiffness.gram.inputs import ExampleBatch
-from lightning_stiffness.gram.representations import capture_representations
-from lightning_stiffness.gram.sharding import is_sharded
+from lightning_stiffness.callback_measure import VERIFY_TOLERANCE, Measuring  # noqa: F401
+from lightning_stiffness.gram import select_parameters
+from lightning_stiffness.gram.distributed import is_distributed
 from lightning_stiffness.log import (
     custom_scalars_layout,
     image_loggers,
-    log_images,
-    log_scalars,
-    scalar_metrics,
     tensorboard_writers,
 )
 from lightning_stiffness.measurement import (
     Measurement,
     MeasurementFormatError,
     load_measurement,
-    save_measurement,
     write_text_atomic,
 )
 from lightning_stiffness.probe import (
-    BatchAdapter,
     ProbeData,
     ProbeSpec,
-    choose_probe,
-    collate_probe,
-    split_batch,
 )
 from lightning_stiffness.schedule import MeasurementSchedule
 from lightning_stiffness.settings import (
@@ -71,16 +55,12 @@ from lightning_stiffness.settings import (
     resolve_settings,
     settings_record,
 )
-from lightning_stiffness.strategies import CallTarget, call_target, strategy_problem
-from lightning_stiffness.structure import CallPlan, ProbeStructureError, find_call_plan
+from lightning_stiffness.strategies import strategy_problem
 
 __all__ = ["StiffnessCallback"]
 
-#: Relative error above which the first-measurement cross-check warns (float32 Grams agree to ~1e-6).
-VERIFY_TOLERANCE = 1e-3
 
-
-class StiffnessCallback(Callback):
+class StiffnessCallback(Measuring):
     r"""Measure stiffness (Fort et al. 2019) on a fixed probe during training.
 
     At each scheduled optimizer step it computes the exact Gram ``G[i, j] = g_i · g_j`` of
@@ -368,10 +348,6 @@ class StiffnessCallback(Callback):
 
     # ------------------------------------------------------------------ internals
 
-    @property
-    def _adapter(self) -> BatchAdapter:
-        return self.settings.probe.batch_adapter or split_batch
-
     def _train_seconds(self) -> float:
         """Training wall-clock so far, across resumed fits (measurements included)."""
         running = time.perf_counter() - self._train_start if self._train_start is not None else 0.0
@@ -381,9 +357,6 @@ class StiffnessCallback(Callback):
     def _participates(trainer: Trainer) -> bool:
         """Rank 0 measures; under DDP every rank takes part in the Gram's collectives."""
         return trainer.is_global_zero or is_distributed()
-
-    def _measured_module(self, pl_module: LightningModule) -> nn.Module:
-        return pl_module.get_submodule(self.module_attr) if self.module_attr else pl_module
 
     def _resolve_directory(self, trainer: Trainer) -> Path:
         """Where measurements go. Reads ``trainer.log_dir``, a collective under multi-process
@@ -424,346 +397,9 @@ class StiffnessCallback(Callback):
         directory.mkdir(parents=True, exist_ok=True)
         write_text_atomic(directory / "run.json", json.dumps(info, indent=2, default=str))
 
-    def _prepare_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._probe is not None:
-            return
-        cfg = self.settings.probe
-        wanted = cfg.splits or (tuple(cfg.probe_datasets) if cfg.probe_datasets else SPLITS)
-        datasets = cfg.probe_datasets or _trainer_datasets(trainer, wanted)
-        datasets = {name: datasets[name] for name in wanted if name in datasets}
-        if cfg.splits is None and datasets and "val" not in datasets and not cfg.probe_datasets:
-            rank_zero_info(
-                "StiffnessCallback: the trainer has no validation data, so the probe is drawn from the training "
-                "data only (train-train pairs); pass splits=('train', 'val') with a val dataloader for train-val pairs."
-            )
-        missing = [s for s in (cfg.splits or ("train",)) if s not in datasets]
-        if missing:
-            raise MisconfigurationException(
-                f"StiffnessCallback: no {missing} data to draw the probe from. Give the Trainer those dataloaders, "
-                "pass probe_datasets={'train': ..., 'val': ...}, or choose splits=(...) accordingly."
-            )
-        self._resolve_superclasses(trainer)
-        if self.probe_spec is None:
-            self.probe_spec = choose_probe(
-                datasets,
-                self.settings.probe.per_class,
-                self.settings.probe.seed,
-                (self.settings.probe.batch_adapter or split_batch),
-                self.settings.probe.groups,
-            )
-        collate_fn = _train_collate_fn(trainer)
-        probe = collate_probe(
-            datasets,
-            self.probe_spec,
-            collate_fn,
-            (self.settings.probe.batch_adapter or split_batch),
-            self.settings.probe.groups,
-        )
-        # tick labels of the images; with groups=... the labels are the user's groups, not classes
-        grouped = self.settings.probe.groups is not None
-        names = None if grouped else _class_names(trainer, datasets)
-        self._class_names = _names_for_labels(names, probe.labels, self.analysis.num_classes)
-        if probe.labels is None:
-            rank_zero_info(
-                f"StiffnessCallback: the targets are not class labels (shape {tuple(probe.targets.shape)}, "
-                f"{probe.targets.dtype}), so the probe is a seeded random draw and class statistics are skipped; "
-                "overall stiffness, stiffness against distance, ξ (all pairs), m-coherence and layer-wise "
-                "stiffness are measured. Pass groups=... to stratify and group by a key of your own."
-            )
-        plan = self._call_plan(trainer, pl_module, probe)
-        self._probe = dataclasses.replace(probe, inputs=plan.transform(probe.inputs))
-        tensor_inputs = isinstance(self._probe.inputs, Tensor) and self._probe.inputs.is_floating_point()
-        if self.settings.measure.input_distance and tensor_inputs and trainer.is_global_zero:  # only rank 0 analyses
-            self._input_distances = input_distances(self._probe.inputs)
-
-    def _call_plan(self, trainer: Trainer, pl_module: LightningModule, probe: ProbeData) -> CallPlan:
-        """Run the measured module once on two probe examples and adopt the one unambiguous way
-        to call it (see :mod:`~lightning_stiffness.structure`); refuse at the start of training,
-        with the line to write, when there is none — never fail at every step."""
-        module = self._measured_module(pl_module)
-        with call_target(trainer, pl_module, module, self.module_attr) as target:
-            through_wrapper = target.model is not module
-            sharded = is_sharded(target.model, target.model.parameters())
-            device = next(target.model.parameters()).device
-            try:
-                plan = find_call_plan(
-                    target.model if through_wrapper else pl_module,
-                    None if through_wrapper else self.module_attr,
-                    probe.inputs,
-                    probe.targets,
-                    self.settings.gram.loss_fn,
-                    to_device=lambda t: t.to(device),
-                    search_children=not (through_wrapper or sharded),
-                )
-            except ProbeStructureError as err:
-                raise MisconfigurationException(f"StiffnessCallback: {err}") from err
-        if plan.adapted:
-            rank_zero_info(f"StiffnessCallback: {plan.adapted}.")
-        if plan.module_attr is not None and plan.module_attr != self.module_attr:
-            self.module_attr = plan.module_attr
-        return plan
-
-    def _resolve_superclasses(self, trainer: Trainer) -> None:
-        mapping = self.settings.measure.superclasses
-        if mapping == "datamodule":
-            mapping = getattr(getattr(trainer, "datamodule", None), "superclasses", None)
-            if mapping is None:
-                raise MisconfigurationException(
-                    "StiffnessCallback(superclasses='datamodule') needs trainer.datamodule.superclasses (a list "
-                    "mapping each fine class to its super-class); the datamodule has none."
-                )
-        if mapping is not None:
-            self.analysis = dataclasses.replace(self.analysis, superclasses=tuple(int(c) for c in mapping))
-
-    def _probe_on(self, device: torch.device) -> tuple[Any, Tensor]:
-        assert self._probe is not None
-        if self._device_probe is None or self._device_probe[0] != device:
-            batch = ExampleBatch.create(self._probe.inputs, self._probe.targets).map_tensors(lambda t: t.to(device))
-            self._device_probe = (device, batch.inputs, batch.targets)
-        return self._device_probe[1], self._device_probe[2]
-
-    def _measure(self, trainer: Trainer, pl_module: LightningModule, trigger: str) -> None:
-        """One measurement. Under DDP every rank runs the Gram (its share of the layers, then one
-        all-reduce); only global rank 0 analyses, saves and logs."""
-        step = trainer.global_step
-        self._measured_steps.add(step)  # on every rank, so all ranks agree on what is still due
-        # the whole measurement, failures, sharing, saving, logging and images included, is its cost
-        with self._budget.timed():
-            start = time.perf_counter()
-            measurement = self._compute(trainer, pl_module, step, trigger)
-            if measurement is not None:
-                measurement.seconds = time.perf_counter() - start
-            self._share_metrics(trainer, measurement)
-            if measurement is not None:
-                self.measurements.append(measurement)
-                self._publish(trainer, measurement)
-
-    def _compute(self, trainer: Trainer, pl_module: LightningModule, step: int, trigger: str) -> Measurement | None:
-        """Gram (every rank) and analysis (rank 0); a failure is recorded and warned, never raised."""
-        try:
-            self._prepare_probe(trainer, pl_module)
-            module = self._measured_module(pl_module)
-            with call_target(trainer, pl_module, module, self.module_attr) as target:
-                result, gram_seconds = self._gram(target)
-                # a forward: under FSDP every rank must take part in its parameter gathers
-                distances = self._representation_distances(target)
-                sharded = is_sharded(target.model, target.model.parameters())
-            if not trainer.is_global_zero:
-                return None
-            # the plain-autograd cross-check differentiates whole parameters: not possible on shards
-            if self.settings.gram.verify and self.verification is None and not sharded:
-                self._verify(module, result.gram)
-            measurement = self._analyze(result, distances, step, trainer.current_epoch, trigger)
-        except Exception as err:  # a measurement must never stop training
-            if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-            self.failures.append({"step": step, "trigger": trigger, "error": message})
-            rank_zero_warn(f"StiffnessCallback: the measurement at step {step} failed ({message}); training goes on.")
-            return None
-        measurement.gram_seconds = gram_seconds
-        measurement.metrics = _scalar_metrics(trainer.callback_metrics)
-        return measurement
-
-    def _logged_scalars(self, m: Measurement) -> dict[str, float]:
-        """Every scalar of a measurement as logged: ``stiffness/...`` statistics, the share of the
-        training wall-clock the callback has taken so far (everything it did before this
-        measurement, which counts from the next one on), how many scheduled measurements the time budget
-        deferred and merged so far, the smoothed training loss."""
-        metrics = scalar_metrics(m)
-        share = self._budget.share(self._train_seconds())
-        if math.isfinite(share):
-            metrics["stiffness/cost/share"] = share
-        metrics["stiffness/cost/deferred"] = float(self._budget.deferred)
-        metrics["stiffness/cost/merged"] = float(self._budget.merged)
-        if m.train_loss is not None and math.isfinite(m.train_loss):
-            metrics["stiffness/train_loss_smoothed"] = m.train_loss
-        return metrics
-
-    def _share_metrics(self, trainer: Trainer, m: Measurement | None) -> None:
-        """Put the scalars into ``trainer.callback_metrics`` on every rank, so ``EarlyStopping`` and
-        ``ModelCheckpoint`` can monitor them (``monitor="stiffness/sign/within"``). Rank 0 computed
-        them; under DDP/FSDP every rank reaches this broadcast, also after a failed measurement."""
-        metrics = self._logged_scalars(m) if m is not None else None
-        if is_distributed():
-            metrics = trainer.strategy.broadcast(metrics, src=0)
-        if not metrics:
-            return
-        device = trainer.strategy.root_device
-        for key, value in metrics.items():
-            if key.startswith("stiffness/") and math.isfinite(value):
-                trainer.callback_metrics[key] = torch.tensor(value, device=device)
-
-    def _gram(self, target: CallTarget) -> tuple[GramResult, float]:
-        device = next(target.model.parameters()).device
-        inputs, targets = self._probe_on(device)
-        start = time.perf_counter()
-        result = distributed_gram(
-            target.model,
-            inputs,
-            targets,
-            loss_fn=self.settings.gram.loss_fn,
-            method=self.settings.gram.method,
-            params=target.params(self.settings.gram.params),
-            memory_budget=self.settings.gram.memory_budget,
-            return_blocks=self.settings.measure.layerwise,
-        )
-        return target.strip(result), time.perf_counter() - start
-
-    def _verify(self, module: nn.Module, gram: Tensor) -> None:
-        """Compare the first ``verify`` rows of the Gram with an independent per-example loop."""
-        k = min(self.settings.gram.verify, gram.shape[0])
-        inputs, targets = self._probe_on(next(module.parameters()).device)
-        subset = ExampleBatch.create(inputs, targets).rows(0, k)
-        reference = per_example_gram(
-            module,
-            subset.inputs,
-            subset.targets,
-            loss_fn=self.settings.gram.loss_fn,
-            method="loop",
-            params=self.settings.gram.params,
-        )
-        error = float((gram[:k, :k].double() - reference.double()).norm() / reference.double().norm().clamp_min(1e-30))
-        self.verification = {"examples": k, "relative_error": error, "ok": error <= VERIFY_TOLERANCE}
-        if error > VERIFY_TOLERANCE:
-            rank_zero_warn(
-                f"StiffnessCallback: the Gram of the first {k} probe examples differs from plain per-example "
-                f"autograd by {error:.2e} (relative). The model's forward probably mixes examples (e.g. BatchNorm "
-                "without running statistics, a batch mean added to every example) — per-example gradients and all "
-                "stiffness values are unreliable. Check the model, or pass method='loop'."
-            )
-
-    def _representation_distances(self, target: CallTarget) -> dict[str, Tensor]:
-        if not self.settings.measure.representation_layers:
-            return {}
-        inputs, _ = self._probe_on(next(target.model.parameters()).device)
-        inner_names = target.layers(self.settings.measure.representation_layers)
-        reps = capture_representations(target.model, inputs, inner_names)
-        return {
-            f"layer:{name}": cosine_distance_matrix(reps[inner])
-            for name, inner in zip(self.settings.measure.representation_layers, inner_names)
-        }
-
-    def _analyze(
-        self,
-        result: GramResult,
-        layer_distances: dict[str, Tensor],
-        step: int,
-        epoch: int,
-        trigger: str,
-    ) -> Measurement:
-        assert self._probe is not None
-        distances = {"input": self._input_distances} if self._input_distances is not None else {}
-        distances.update(layer_distances)
-        common: dict[str, Any] = dict(
-            step=step,
-            epoch=epoch,
-            trigger=trigger,
-            distances=distances,
-            blocks=result.blocks if self.settings.measure.layerwise else None,
-            config=self.analysis,
-        )
-        labels = self._probe.labels
-        if labels is None:
-            measurement = analyze_without_classes(result.gram, self._probe.splits, self._probe.split_names, **common)
-        else:
-            measurement = analyze(result.gram, labels, self._probe.splits, self._probe.split_names, **common)
-        measurement.paths = result.paths
-        measurement.train_loss = self.schedule.smoothed_loss
-        return measurement
-
-    def _publish(self, trainer: Trainer, m: Measurement) -> None:
-        """Save and log a measurement; a logging problem is reported, never raised."""
-        try:
-            directory = self._directory(trainer)
-            self.saved_files.append(str(save_measurement(m, directory, matrices=self.settings.output.save_matrices)))
-            metrics = self._logged_scalars(m)
-            log_scalars(trainer.loggers, m, metrics, step=m.step)
-            # the start images (``<tag>/start``) belong to the run's first measurement at train start,
-            # never to the first measurement after a resume
-            start = self._first_publish_of_fit and m.step == 0
-            self._first_publish_of_fit = False
-            if self._images_on and (len(self.measurements) - 1) % self.settings.output.image_every == 0:
-                log_images(trainer.loggers, m, m.step, self.analysis.superclasses, self._class_names, start=start)
-        except Exception as err:
-            rank_zero_warn(
-                f"StiffnessCallback: logging the measurement at step {m.step} failed "
-                f"({type(err).__name__}: {err}); training goes on."
-            )
-
-
-def _class_names(trainer: Trainer, datasets: Mapping[str, Any]) -> list[str] | None:
-    """The class names for image ticks: ``trainer.datamodule.classes``, else the ``classes`` of
-    the probe's training (or first) dataset, through ``Subset.dataset`` wrappers; ``None`` when
-    there are none or they are not all strings. Never raises (names only label images)."""
-    try:
-        names = getattr(getattr(trainer, "datamodule", None), "classes", None)
-        if names is None and datasets:
-            dataset = datasets.get("train", next(iter(datasets.values())))
-            for _ in range(8):  # Subset of Subset of ...
-                if getattr(dataset, "classes", None) is not None or not isinstance(dataset, Subset):
-                    break
-                dataset = dataset.dataset
-            names = getattr(dataset, "classes", None)
-        if names is None or isinstance(names, (str, bytes)):
-            return None
-        names = list(names)
-        return names if names and all(isinstance(n, str) for n in names) else None
-    except Exception:
-        return None
-
-
-def _names_for_labels(names: list[str] | None, labels: Tensor | None, num_classes: int | None) -> list[str] | None:
-    """``names`` when they name every class of the probe's labels (``num_classes``, else the
-    largest label + 1), else ``None``: the images then show class indices."""
-    if names is None or labels is None or labels.numel() == 0:
-        return None
-    try:
-        needed = num_classes or int(labels.max()) + 1
-    except Exception:
-        return None
-    return names if len(names) >= needed else None
-
-
-def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, Tensor) and value.numel() == 1:
-            out[key] = float(value.detach())
-        elif isinstance(value, (int, float)):
-            out[key] = float(value)
-    return out
-
 
 def _loss_value(outputs: Any) -> float | None:
     loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
     if isinstance(loss, Tensor) and loss.numel() == 1:
         return float(loss.detach())
     return None
-
-
-def _train_collate_fn(trainer: Trainer) -> Any:
-    loader = trainer.train_dataloader
-    return getattr(loader, "collate_fn", None)
-
-
-def _trainer_datasets(trainer: Trainer, splits: Sequence[str]) -> dict[str, Dataset]:
-    out: dict[str, Dataset] = {}
-    if "train" in splits:
-        dataset = getattr(trainer.train_dataloader, "dataset", None)
-        if dataset is not None:
-            out["train"] = dataset
-    if "val" in splits:
-        loaders = trainer.val_dataloaders
-        if loaders is None:
-            # not set up yet (no sanity check): let the validation loop load them now; a failure
-            # leaves them missing, which the caller reports
-            with contextlib.suppress(Exception):
-                trainer.fit_loop.epoch_loop.val_loop.setup_data()
-            loaders = trainer.val_dataloaders
-        if isinstance(loaders, (list, tuple)):
-            loaders = loaders[0] if loaders else None
-        dataset = getattr(loaders, "dataset", None)
-        if dataset is not None:
-            out["val"] = dataset
-    return out

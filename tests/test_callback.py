@@ -341,7 +341,7 @@ def test_images_get_start_tags_only_at_train_start_and_class_names_from_the_data
     """The callback sends images through ``log.log_images`` with ``start=True`` for the run's
     first measurement at step 0 only (not for the first one after a resume), and with the class
     names of the probe dataset (found through ``Subset``) when they are strings naming every class."""
-    import lightning_stiffness.callback as callback_module
+    import lightning_stiffness.callback_measure as callback_module
 
     calls: list[tuple[int, bool, list[str] | None]] = []
 
@@ -376,7 +376,7 @@ def test_images_get_start_tags_only_at_train_start_and_class_names_from_the_data
 def test_class_names_are_kept_only_when_they_name_every_class() -> None:
     from types import SimpleNamespace
 
-    from lightning_stiffness.callback import _class_names, _names_for_labels
+    from lightning_stiffness.callback_probe import _class_names, _names_for_labels
 
     data = tiny_data(12, 0)
     data.classes = ["a", "b", "c"]  # type: ignore[attr-defined]

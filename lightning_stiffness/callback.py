@@ -39,6 +39,7 @@ from lightning_stiffness.measurement import (
     load_measurement,
     write_text_atomic,
 )
+from lightning_stiffness.measurement_io import is_url
 from lightning_stiffness.probe import (
     ProbeData,
     ProbeSpec,
@@ -168,7 +169,7 @@ class StiffnessCallback(Measuring):
         self._epoch_end_step: int | None = None  # step whose batch-end hook already handled "epoch_end"
         self._train_seconds_before = 0.0  # training wall-clock of earlier (resumed-from) fits
         self._train_start: float | None = None
-        self._save_path: Path | None = None
+        self._save_path: Path | str | None = None
         self._images_on = self.settings.output.log_images
         self._class_names: list[str] | None = None  # tick labels of the images, found at train start
         self._first_publish_of_fit = True  # the next measurement published is this fit's first
@@ -331,7 +332,7 @@ class StiffnessCallback(Measuring):
             self._budget.spent = float(state_dict.get("measure_seconds", 0.0))
         self._train_seconds_before = float(state_dict.get("train_seconds", 0.0))
         self._measured_steps = {int(s) for s in state_dict.get("measured_steps", [])}
-        self.saved_files = [f for f in state_dict.get("saved_files", []) if Path(f).exists()]
+        self.saved_files = [f for f in state_dict.get("saved_files", []) if _exists(f)]
         self.measurements = []
         damaged = []
         for f in list(self.saved_files):
@@ -358,14 +359,18 @@ class StiffnessCallback(Measuring):
         """Rank 0 measures; under DDP every rank takes part in the Gram's collectives."""
         return trainer.is_global_zero or is_distributed()
 
-    def _resolve_directory(self, trainer: Trainer) -> Path:
+    def _resolve_directory(self, trainer: Trainer) -> Path | str:
         """Where measurements go. Reads ``trainer.log_dir``, a collective under multi-process
-        paths, so it is called on every rank at the same point (``on_train_start``)."""
+        strategies, so it is called on every rank at the same point (``on_train_start``). A URL
+        (``s3://…``, as Lightning's loggers and ``ModelCheckpoint`` accept through fsspec) stays a
+        URL; a local path becomes a ``Path``."""
         if self.settings.output.save_dir:
-            return Path(self.settings.output.save_dir)
-        return Path(trainer.log_dir or trainer.default_root_dir) / "stiffness"
+            base: str = str(self.settings.output.save_dir)
+            return base if is_url(base) else Path(base)
+        log_dir = str(trainer.log_dir or trainer.default_root_dir)
+        return f"{log_dir.rstrip('/')}/stiffness" if is_url(log_dir) else Path(log_dir) / "stiffness"
 
-    def _directory(self, trainer: Trainer) -> Path:
+    def _directory(self, trainer: Trainer) -> Path | str:
         """The directory resolved at train start (rank-local: safe to call on rank 0 only)."""
         if self._save_path is None:
             raise RuntimeError("StiffnessCallback: the save directory is resolved in on_train_start")
@@ -394,8 +399,16 @@ class StiffnessCallback(Measuring):
             "max_epochs": trainer.max_epochs,
         }
         directory = self._directory(trainer)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(directory / "run.json", json.dumps(info, indent=2, default=str))
+        text = json.dumps(info, indent=2, default=str)
+        if isinstance(directory, str):  # a URL: fsspec makes the folder, the write is atomic there too
+            from fsspec.core import url_to_fs
+
+            fs, root = url_to_fs(directory)
+            fs.makedirs(root, exist_ok=True)
+            write_text_atomic(f"{directory}/run.json", text)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(directory / "run.json", text)
 
 
 def _loss_value(outputs: Any) -> float | None:
@@ -403,3 +416,13 @@ def _loss_value(outputs: Any) -> float | None:
     if isinstance(loss, Tensor) and loss.numel() == 1:
         return float(loss.detach())
     return None
+
+
+def _exists(path: str) -> bool:
+    """Whether a saved measurement file is still there (a local path or an fsspec URL)."""
+    if is_url(path):
+        from fsspec.core import url_to_fs
+
+        fs, inner = url_to_fs(path)
+        return bool(fs.exists(inner))
+    return Path(path).exists()

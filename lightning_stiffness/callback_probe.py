@@ -62,7 +62,7 @@ class CallbackState(Callback):
     _device_probe: tuple[torch.device, Any, Tensor] | None
     _input_distances: Tensor | None
     _budget: OverheadBudget
-    _save_path: Path | None
+    _save_path: Path | str | None
     _images_on: bool
     _class_names: list[str] | None
     _first_publish_of_fit: bool

@@ -399,3 +399,19 @@ def test_class_names_are_kept_only_when_they_name_every_class() -> None:
     assert _names_for_labels(["a", "b"], labels, None) is None, "too few names for the labels"
     assert _names_for_labels(["a", "b", "c"], labels, 5) is None, "too few names for num_classes"
     assert _names_for_labels(["a", "b", "c"], None, None) is None, "targets that are not class labels"
+
+
+def test_remote_save_dir_through_fsspec(tmp_path: Path) -> None:
+    """A URL save_dir (``s3://…`` in practice; fsspec's in-memory filesystem here) stays a URL:
+    run.json and every measurement are written there and read back, and nothing lands locally."""
+    import fsspec
+
+    url = "memory://stiffness-test-run/stiffness"
+    cb = _cb(every_n_steps=3, save_dir=url, max_overhead=None)
+    _fit(tmp_path, [cb], max_steps=6)
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/stiffness-test-run/stiffness/run.json")
+    assert all(f.startswith("memory://") for f in cb.saved_files) and len(cb.saved_files) == 3
+    assert [m.step for m in load_measurements(url)] == [0, 3, 6]
+    assert not (tmp_path / "memory:").exists() and not any(tmp_path.rglob("measurement-*.pt"))
+    fs.rm("/stiffness-test-run", recursive=True)

@@ -74,9 +74,14 @@ class BatchNormEvalRule(LayerRule):
         return None
 
     def per_example_grads(self, module: nn.Module, inp: Tensor, grad_out: Tensor) -> dict[str, PerExampleGrad]:
-        assert isinstance(module, nn.modules.batchnorm._BatchNorm)
-        assert module.running_mean is not None and module.running_var is not None
-        view = [1, -1] + [1] * (inp.dim() - 2)
-        mean = module.running_mean.reshape(view).to(inp.dtype)
-        std = torch.sqrt(module.running_var.reshape(view).to(inp.dtype) + module.eps)
-        return _affine_grads(module, (inp - mean) / std, grad_out, [1])
+        return _affine_grads(module, running_stats_normalised(module, inp), grad_out, [1])
+
+
+def running_stats_normalised(module: nn.Module, inp: Tensor) -> Tensor:
+    """``x̂ = (x − μ_running) / √(σ²_running + ε)`` per channel (dim 1): eval-mode BatchNorm."""
+    assert isinstance(module, nn.modules.batchnorm._BatchNorm)
+    assert module.running_mean is not None and module.running_var is not None
+    view = [1, -1] + [1] * (inp.dim() - 2)
+    mean = module.running_mean.reshape(view).to(inp.dtype)
+    std = torch.sqrt(module.running_var.reshape(view).to(inp.dtype) + module.eps)
+    return (inp - mean) / std

@@ -12,12 +12,17 @@ Registered only once timm has been imported.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, register_rule, register_when_imported
-from lightning_stiffness.gram.rules.norm import GroupNormRule, LayerNormRule, _affine_grads, _trailing_dims
+from lightning_stiffness.gram.rules.norm import (
+    GroupNormRule,
+    LayerNormRule,
+    _affine_grads,
+    _trailing_dims,
+    running_stats_normalised,
+)
 from lightning_stiffness.gram.rules.norm2d import channel_layer_norm
 from lightning_stiffness.gram.rules.norm_act import channel_affine, preactivation_backprop
 
@@ -31,12 +36,7 @@ class BatchNormActRule(LayerRule):
         return None
 
     def per_example_grads(self, module: nn.Module, inp: Tensor, grad_out: Tensor) -> dict[str, PerExampleGrad]:
-        assert isinstance(module, nn.modules.batchnorm._BatchNorm)
-        assert module.running_mean is not None and module.running_var is not None
-        view = [1, -1] + [1] * (inp.dim() - 2)
-        mean = module.running_mean.reshape(view).to(inp.dtype)
-        std = torch.sqrt(module.running_var.reshape(view).to(inp.dtype) + module.eps)
-        normed = (inp - mean) / std
+        normed = running_stats_normalised(module, inp)
         grad_pre = preactivation_backprop(module, channel_affine(module, normed), grad_out)
         return _affine_grads(module, normed, grad_pre, [1])
 

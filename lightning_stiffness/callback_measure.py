@@ -52,17 +52,17 @@ class Measuring(ProbePreparation):
         self._measured_steps.add(step)  # on every rank, so all ranks agree on what is still due
         # the whole measurement, failures, sharing, saving, logging and images included, is its cost
         with self._budget.timed():
-            start = time.perf_counter()
-            measurement = self._compute(trainer, pl_module, step, trigger)
-            if measurement is not None:
-                measurement.seconds = time.perf_counter() - start
+            measurement = self._compute(trainer, pl_module, step, trigger, time.perf_counter())
             self._share_metrics(trainer, measurement)
             if measurement is not None:
                 self.measurements.append(measurement)
                 self._publish(trainer, measurement)
 
-    def _compute(self, trainer: Trainer, pl_module: LightningModule, step: int, trigger: str) -> Measurement | None:
-        """Gram (every rank) and analysis (rank 0); a failure is recorded and warned, never raised."""
+    def _compute(
+        self, trainer: Trainer, pl_module: LightningModule, step: int, trigger: str, started: float
+    ) -> Measurement | None:
+        """Gram (every rank) and analysis (rank 0), the Measurement built in one step; a failure
+        is recorded and warned, never raised."""
         try:
             self._prepare_probe(trainer, pl_module)
             module = self._measured_module(pl_module)
@@ -76,7 +76,15 @@ class Measuring(ProbePreparation):
             # the plain-autograd cross-check differentiates whole parameters: not possible on shards
             if self.settings.gram.verify and self.verification is None and not sharded:
                 self._verify(module, result.gram)
-            measurement = self._analyze(result, distances, step, trainer.current_epoch, trigger)
+            record = {
+                "paths": result.paths,
+                "train_loss": self.schedule.smoothed_loss,
+                "gram_seconds": gram_seconds,
+                "metrics": _scalar_metrics(trainer.callback_metrics),
+            }
+            measurement = self._analyze(
+                result.gram, result.blocks, distances, step, trainer.current_epoch, trigger, record, started
+            )
         except Exception as err:  # a measurement must never stop training
             if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -84,8 +92,6 @@ class Measuring(ProbePreparation):
             self.failures.append({"step": step, "trigger": trigger, "error": message})
             rank_zero_warn(f"StiffnessCallback: the measurement at step {step} failed ({message}); training goes on.")
             return None
-        measurement.gram_seconds = gram_seconds
-        measurement.metrics = _scalar_metrics(trainer.callback_metrics)
         return measurement
 
     def _logged_scalars(self, m: Measurement) -> dict[str, float]:
@@ -169,11 +175,14 @@ class Measuring(ProbePreparation):
 
     def _analyze(
         self,
-        result: GramResult,
+        gram: Tensor,
+        blocks: dict[str, Tensor],
         layer_distances: dict[str, Tensor],
         step: int,
         epoch: int,
         trigger: str,
+        record: dict[str, Any],
+        started: float,
     ) -> Measurement:
         assert self._probe is not None
         distances = {"input": self._input_distances} if self._input_distances is not None else {}
@@ -183,17 +192,15 @@ class Measuring(ProbePreparation):
             epoch=epoch,
             trigger=trigger,
             distances=distances,
-            blocks=result.blocks if self.settings.measure.layerwise else None,
+            blocks=blocks if self.settings.measure.layerwise else None,
             config=self.analysis,
+            record=record,
+            started=started,
         )
         labels = self._probe.labels
         if labels is None:
-            measurement = analyze_without_classes(result.gram, self._probe.splits, self._probe.split_names, **common)
-        else:
-            measurement = analyze(result.gram, labels, self._probe.splits, self._probe.split_names, **common)
-        measurement.paths = result.paths
-        measurement.train_loss = self.schedule.smoothed_loss
-        return measurement
+            return analyze_without_classes(gram, self._probe.splits, self._probe.split_names, **common)
+        return analyze(gram, labels, self._probe.splits, self._probe.split_names, **common)
 
     def _publish(self, trainer: Trainer, m: Measurement) -> None:
         """Save and log a measurement; a logging problem is reported, never raised."""

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -76,9 +78,16 @@ def analyze(
     distances: Mapping[str, Tensor] | None = None,
     blocks: Mapping[str, Tensor] | None = None,
     config: AnalysisConfig | None = None,
+    record: Mapping[str, Any] | None = None,
+    started: float | None = None,
 ) -> Measurement:
     """All statistics of one probe. ``distances`` maps a space name (``input``,
-    ``layer:<module>``) to an ``(N, N)`` distance matrix; ``blocks`` are per-layer Grams."""
+    ``layer:<module>``) to an ``(N, N)`` distance matrix; ``blocks`` are per-layer Grams.
+
+    ``record``: the fields of the :class:`Measurement` that are not statistics of the Gram (how
+    it was computed — ``paths``, ``gram_seconds`` — and the training state — ``train_loss``,
+    ``metrics``), so the record is built in one step; ``started``: ``time.perf_counter()`` when
+    the measurement began, which makes ``seconds`` its whole cost up to the end of the analysis."""
     cfg = config or AnalysisConfig()
     gram = gram.detach().cpu()
     labels = labels.detach().cpu().long()
@@ -92,6 +101,7 @@ def analyze(
             s, labels, splits, split_names, num_classes, include_self=cfg.include_self
         )
     measurement = Measurement(
+        **dict(record or {}),
         step=step,
         epoch=epoch,
         trigger=trigger,
@@ -118,6 +128,8 @@ def analyze(
         measurement.layers[name] = summarize(
             cosine_matrix(block.detach().cpu()), labels, num_classes, include_self=cfg.include_self
         )
+    if started is not None:
+        measurement.seconds = time.perf_counter() - started
     return measurement
 
 
@@ -174,6 +186,8 @@ def analyze_without_classes(
     distances: Mapping[str, Tensor] | None = None,
     blocks: Mapping[str, Tensor] | None = None,
     config: AnalysisConfig | None = None,
+    record: Mapping[str, Any] | None = None,
+    started: float | None = None,
 ) -> Measurement:
     """:func:`analyze` for targets that are not class labels (regression, multi-label, token
     labels): stiffness is defined for any loss (v1 Eq. 5 needs only g_i·g_j), so overall
@@ -194,6 +208,7 @@ def analyze_without_classes(
         distances=distances,
         blocks=blocks,
         config=cfg,
+        record=record,
     )
     nan = float("nan")
     m.summaries = {
@@ -205,4 +220,6 @@ def analyze_without_classes(
     m.class_cos = torch.empty(0, 0)
     m.curves = {key: curve for key, curve in m.curves.items() if key.endswith("/all")}
     m.class_statistics = False
+    if started is not None:
+        m.seconds = time.perf_counter() - started
     return m

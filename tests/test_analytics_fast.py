@@ -4,7 +4,6 @@ distance space, bootstrap lines from weighted moments) against straightforward r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -33,12 +32,7 @@ from lightning_stiffness.analytics.stiffness import PAIR_KINDS
 nan = math.nan
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (tests/conftest.py)
 
 
 def random_problem(n: int, seed: int, num_classes: int = 4) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -10,8 +10,10 @@ last one's, the share stays within the budget afterwards:
 Otherwise it is *deferred*: postponed to the next optimizer step at which the inequality holds.
 Scheduled measurements that fall due while one is waiting join it and are taken together, as one
 measurement (*merged*: fewer measurements than the schedule asked for, which is counted and
-reported). Measurements the user asked for by event (at the start, at a loss threshold) are never
-deferred: see :func:`OverheadBudget.exempt`.
+reported). At the end of training the ones still waiting are taken together if the inequality
+holds, and otherwise not at all, which the end-of-training summary says. Measurements the user
+asked for by event (at the start, at a loss threshold) are never deferred: see
+:func:`OverheadBudget.exempt`.
 """
 
 from __future__ import annotations
@@ -175,7 +177,12 @@ class OverheadBudget:
             if self.merged
             else ""
         )
-        waiting = f"; {len(self.pending)} still waiting at the end" if self.pending else ""
+        waiting = (
+            f"; {len(self.pending)} still waiting at the end of training were not taken, because one more "
+            "measurement would have put the callback above that share"
+            if self.pending
+            else ""
+        )
         return (
             f"{self.deferred} scheduled measurement(s) were deferred to keep the callback under "
             f"max_overhead={self.max_overhead:g} of the training time{merged}{waiting}. "

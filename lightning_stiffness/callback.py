@@ -174,10 +174,24 @@ class StiffnessCallback(Measuring):
         self._class_names: list[str] | None = None  # tick labels of the images, found at train start
         self._first_publish_of_fit = True  # the next measurement published is this fit's first
 
+    @property
+    def budget(self) -> OverheadBudget:
+        """The callback's time accounting: ``spent`` (every second it took, what
+        ``stiffness/cost/share`` divides), and the ``deferred``, ``merged`` and ``pending``
+        measurements of ``max_overhead``. Read it; the callback updates it."""
+        return self._budget
+
     # ------------------------------------------------------------------ Lightning hooks
 
     @property
     def state_key(self) -> str:
+        # Lightning reads it at every hook call (profiler names): computed once per settings object
+        cached: tuple[Settings, str] | None = self.__dict__.get("_state_key")
+        if cached is None or cached[0] is not self.settings:
+            cached = self.__dict__["_state_key"] = (self.settings, self._state_key_of_settings())
+        return cached[1]
+
+    def _state_key_of_settings(self) -> str:
         return self._generate_state_key(
             splits=self.settings.probe.splits or SPLITS,
             per_class=self.settings.probe.per_class,
@@ -212,6 +226,10 @@ class StiffnessCallback(Measuring):
         self._save_path = self._resolve_directory(trainer)
         if not self._participates(trainer):
             return
+        for logger in trainer.loggers:
+            # the logger's own start (a TensorBoard writer and its imports), which Lightning does
+            # at its first log anyway: not the callback's cost, so outside the callback's clock
+            getattr(logger, "experiment", None)
         with self._budget.timed(measurement=False):
             self._prepare_probe(trainer, pl_module)
             if trainer.is_global_zero:
@@ -297,15 +315,17 @@ class StiffnessCallback(Measuring):
             self._measure(trainer, pl_module, label)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Take the measurements still waiting for the budget (together, as one), then say once
-        what the budget did: how many scheduled measurements were deferred and merged."""
+        """Take the measurements still waiting for the budget (together, as one) if the budget
+        allows it, then say once what the budget did: how many scheduled measurements were
+        deferred, merged, or not taken at all."""
         if not self._participates(trainer):
             return
         budget = self._budget
         if budget.pending and trainer.global_step not in self._measured_steps:
-            pending = budget.take_pending()  # identical on every rank: all of them measure
-            budget.merged += len(pending) - 1
-            self._measure(trainer, pl_module, budget.label("", pending))
+            with budget.timed(measurement=False):
+                label = self._decide(trainer, trainer.global_step, None)  # rank 0 decides for all
+            if label:
+                self._measure(trainer, pl_module, label)
         summary = budget.summary()
         if summary:
             rank_zero_warn(f"StiffnessCallback: {summary}")

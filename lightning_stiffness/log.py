@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 
 from lightning_stiffness.measurement import Measurement
 from lightning_stiffness.viz.images import measurement_images
+from lightning_stiffness.viz.labelled import have_pil
 
 __all__ = [
     "custom_scalars_layout",
@@ -139,10 +140,7 @@ def log_images(
     for lg, api in targets:
         if api in ("tensorboard", "writer"):
             writer: Any = lg.experiment if isinstance(lg, TensorBoardLogger) else lg
-            for tag, image in images.items():
-                writer.add_image(tag, image, global_step=step, dataformats="CHW")
-            writer.add_histogram("stiffness/offdiagonal_cos", off_diagonal, global_step=step)
-            writer.flush()
+            _write_tensorboard(writer, images, {"stiffness/offdiagonal_cos": off_diagonal}, step)
         elif api == "wandb":
             for tag, image in images.items():
                 lg.log_image(key=tag, images=[_hwc(image)], step=step)  # type: ignore[attr-defined]
@@ -152,6 +150,95 @@ def log_images(
                 client.log_image(run_id, _hwc(image), artifact_file=f"{tag}/step_{step:09d}.png")
         sent.append(type(lg).__name__)
     return sent
+
+
+#: zlib level of the PNGs sent to TensorBoard: 1 encodes these flat-coloured figures about twice
+#: as fast as PIL's default (6) for files about a quarter larger.
+PNG_COMPRESS_LEVEL = 1
+#: Buckets of the off-diagonal cosine histogram, equal widths over [-1, 1].
+HISTOGRAM_BUCKETS = 64
+
+
+def _write_tensorboard(
+    writer: Any, images: dict[str, torch.Tensor], cosines: dict[str, torch.Tensor], step: int
+) -> None:
+    """Write ``uint8`` ``(3, H, W)`` images and histograms of cosines to a TensorBoard writer.
+
+    torch's ``add_image`` converts each image to float and back and encodes it at PIL's default
+    compression, and ``add_histogram``'s exponential buckets sort the N² values: together most of
+    the time a measurement spent on TensorBoard. Here each image is encoded once (a picture under
+    two tags too), each histogram has :data:`HISTOGRAM_BUCKETS` equal buckets over [-1, 1]
+    (:func:`_cosine_histogram`), and all go into one summary event. The writer is not flushed:
+    like Lightning's own logging, events reach the file at the writer's ``flush_secs`` and when
+    the logger finalizes. Writers other than torch's (e.g. tensorboardX) get ``add_image`` and
+    ``add_histogram_raw``."""
+    file_writer = _torch_file_writer(writer)
+    if file_writer is None or not have_pil():
+        for tag, image in images.items():
+            writer.add_image(tag, image, global_step=step, dataformats="CHW")
+        for tag, values in cosines.items():
+            histogram = _cosine_histogram(values)
+            if histogram is not None:
+                writer.add_histogram_raw(tag, **histogram, global_step=step)
+        return
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+
+    encoded: dict[int, bytes] = {}
+    summaries = []
+    for tag, image in images.items():
+        png = encoded.get(id(image))
+        if png is None:
+            png = encoded[id(image)] = _png(image)
+        picture = Summary.Image(height=image.shape[1], width=image.shape[2], colorspace=3, encoded_image_string=png)
+        summaries.append(Summary.Value(tag=tag, image=picture))
+    for tag, values in cosines.items():
+        histogram = _cosine_histogram(values)
+        if histogram is not None:
+            limits, counts = histogram.pop("bucket_limits"), histogram.pop("bucket_counts")
+            proto = HistogramProto(**histogram, bucket_limit=limits, bucket=counts)
+            summaries.append(Summary.Value(tag=tag, histo=proto))
+    file_writer.add_summary(Summary(value=summaries), step)
+
+
+def _cosine_histogram(values: torch.Tensor) -> dict[str, Any] | None:
+    """``add_histogram_raw``'s arguments for cosines: :data:`HISTOGRAM_BUCKETS` equal buckets over
+    [-1, 1] (non-finite values left out, rounding just outside [-1, 1] counted in the edge
+    buckets); None when no value is finite."""
+    finite = values[torch.isfinite(values)].double()
+    if finite.numel() == 0:
+        return None
+    counts = torch.histc(finite.clamp(-1.0, 1.0), bins=HISTOGRAM_BUCKETS, min=-1.0, max=1.0)
+    return {
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "num": int(finite.numel()),
+        "sum": float(finite.sum()),
+        "sum_squares": float((finite * finite).sum()),
+        "bucket_limits": torch.linspace(-1.0, 1.0, HISTOGRAM_BUCKETS + 1)[1:].tolist(),
+        "bucket_counts": counts.tolist(),
+    }
+
+
+def _torch_file_writer(writer: Any) -> Any:
+    """The event-file writer behind torch's ``SummaryWriter`` (None for any other writer)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # no tensorboard package: whatever writer this is, it has add_image
+        return None
+    if not isinstance(writer, SummaryWriter):
+        return None
+    return writer._get_file_writer()
+
+
+def _png(image: torch.Tensor) -> bytes:
+    """PNG bytes of a ``uint8`` ``(3, H, W)`` image."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(_hwc(image.cpu())).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
 
 
 def _hwc(image: torch.Tensor) -> Any:

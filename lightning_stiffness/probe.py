@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Subset, default_collate
+from torch.utils.data import Dataset, Subset, TensorDataset, default_collate
 
 __all__ = [
     "BatchAdapter",
@@ -123,6 +123,12 @@ def dataset_labels(
             tensor = torch.as_tensor(values)
             if len(tensor) == n:
                 return [int(v) for v in tensor.tolist()] if is_class_labels(tensor) else None
+    if adapter is split_batch and isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        # what reading every example would give, without indexing the dataset n times
+        targets = dataset.tensors[1].reshape(n, -1)
+        if targets.shape[1] != 1:
+            return None  # each example's target has several elements: not class labels
+        return [int(v) for v in targets[:, 0].tolist()] if is_class_labels(targets[:, 0]) else None
     labels = []
     for i in range(n):
         target = torch.as_tensor(adapter(dataset[i])[1])

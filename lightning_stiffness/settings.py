@@ -63,9 +63,10 @@ class ScheduleSettings:
         max_overhead: the largest share of the fit's wall-clock the callback may take (every hook,
             measurement, saving, logging and image included), in (0, 1); None: no budget, every
             scheduled measurement is taken on time. A scheduled measurement that would exceed it is
-            deferred to the next step the budget allows (waiting ones are taken together), said
-            once when it first happens, with counts at the end of training; ``at_start`` and
-            loss-threshold measurements are never deferred.
+            deferred to the next step the budget allows (waiting ones are taken together; at the
+            end of training only if the budget allows, else not at all), said once when it first
+            happens, with counts at the end of training; ``at_start`` and loss-threshold
+            measurements are never deferred.
     """
 
     every_n_steps: int | None = 50

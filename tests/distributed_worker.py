@@ -258,7 +258,9 @@ def _fit_ddp_defaults(out: str, strategy: str) -> None:
 
 def _fit_ddp_budget(out: str) -> None:
     """DDP with a time budget too small for any scheduled measurement: rank 0 decides, every rank
-    follows. Each rank writes what it measured and what its budget counted."""
+    follows. At the end of training rank 0 alone relaxes its budget, so the waiting measurements
+    are taken only if the other rank follows rank 0's decision there too. Each rank writes what it
+    measured and what its budget counted."""
     import json
     import warnings
 
@@ -269,11 +271,17 @@ def _fit_ddp_budget(out: str) -> None:
 
     L.seed_everything(0, verbose=False)
     callback = _probe_callback(f"{out}/measurements", every_n_steps=1, max_overhead=0.001)
-    fit_trainer = trainer(out, [callback], strategy="ddp", devices=2, max_steps=6)
+
+    class RelaxOnRankZeroAtTheEnd(L.Callback):
+        def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.is_global_zero:
+                callback.budget.max_overhead = 0.99
+
+    fit_trainer = trainer(out, [RelaxOnRankZeroAtTheEnd(), callback], strategy="ddp", devices=2, max_steps=6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit_trainer.fit(TinyClassifier(dropout=0.0), DataLoader(tiny_data(96, 0), batch_size=8))
-    budget = callback._budget
+    budget = callback.budget
     record = {
         "measured_steps": sorted(callback._measured_steps),
         "deferred": budget.deferred,

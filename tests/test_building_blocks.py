@@ -46,6 +46,34 @@ def test_small_classes_give_what_they_have_and_subsets_map_labels() -> None:
     assert len(spec.indices["train"]) == 20
 
 
+@pytest.mark.parametrize(
+    "targets",
+    [
+        torch.arange(12) % 3,  # class labels
+        (torch.arange(12) % 3).reshape(12, 1),  # one label per example, shape (1,)
+        torch.arange(12) % 2 == 0,  # booleans
+        torch.rand(12),  # regression: not class labels
+        torch.randint(0, 2, (12, 3)),  # multi-label: not class labels
+    ],
+)
+def test_tensor_dataset_labels_match_reading_every_example(targets: torch.Tensor) -> None:
+    """The TensorDataset shortcut gives what reading each example through the adapter gives."""
+
+    class ByIndex(torch.utils.data.Dataset):  # the same examples, read one by one
+        def __init__(self, inner: TensorDataset) -> None:
+            self.inner = inner
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+            return self.inner[i]
+
+    data = TensorDataset(torch.randn(12, 2), targets)
+    assert dataset_labels(data) == dataset_labels(ByIndex(data))
+    assert (dataset_labels(data) is None) == (targets.is_floating_point() or targets.reshape(12, -1).shape[1] > 1)
+
+
 def test_collate_dict_batches_hf_style() -> None:
     class Pairs(torch.utils.data.Dataset):
         def __len__(self) -> int:

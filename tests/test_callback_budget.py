@@ -16,9 +16,11 @@ from lightning_stiffness.measurement import measurement_filename, save_measureme
 from tests.lightning_helpers import TinyClassifier, loaders, trainer
 
 
-def _fit(tmp_path: Path, steps: int, **settings: object) -> tuple[StiffnessCallback, list[str], Path]:
+def _fit(
+    tmp_path: Path, steps: int, callback_class: type[StiffnessCallback] = StiffnessCallback, **settings: object
+) -> tuple[StiffnessCallback, list[str], Path]:
     L.seed_everything(0, verbose=False)
-    cb = StiffnessCallback(every_n_steps=1, per_class=4, splits=("train",), log_images=False, **settings)  # type: ignore[arg-type]
+    cb = callback_class(every_n_steps=1, per_class=4, splits=("train",), log_images=False, **settings)  # type: ignore[arg-type]
     logger = CSVLogger(str(tmp_path))
     train, _ = loaders()
     with warnings.catch_warnings(record=True) as caught:
@@ -30,43 +32,42 @@ def _fit(tmp_path: Path, steps: int, **settings: object) -> tuple[StiffnessCallb
 
 def test_a_tight_budget_defers_scheduled_measurements_and_says_so(tmp_path: Path) -> None:
     """One measurement costs far more than 0.1 % of these few fast steps: every scheduled one is
-    deferred, said once, the waiting ones are taken together at the end, and the counts are
-    reported; the start measurement is never deferred."""
+    deferred, said once; at the end one more would still break the budget, so the waiting ones
+    are not taken, and the summary says so with the counts. The start measurement is never
+    deferred."""
     cb, messages, log_dir = _fit(tmp_path, 6, max_overhead=0.001)
-    budget = cb._budget
-    steps = [m.step for m in cb.measurements]
-    assert steps[0] == 0 and cb.measurements[0].trigger == "start" and not cb.failures
-    assert len(steps) < 7 and budget.deferred > 0 and budget.pending == []
-    assert len(steps) == 1 + 6 - budget.merged  # start + six scheduled, less those taken together
-    late = [m.trigger for m in cb.measurements if "deferred from" in m.trigger]
-    assert late and all(t.startswith("every_n_steps(") for t in late)
-    # each scheduled step is in exactly one measurement's label: "(deferred from s)", "(k deferred
-    # from a-b)" (every_n_steps=1: the steps a..b), or due at its own step
-    scheduled: list[int] = []
-    for m in cb.measurements[1:]:
-        for part in m.trigger.split("+"):
-            if "(" not in part:
-                scheduled.append(m.step)
-                continue
-            inner = part.split("(")[1].rstrip(")")
-            count, first_last = inner.split(" deferred from ") if inner[0].isdigit() else ("1", inner.split()[-1])
-            first, last = (int(x) for x in (first_last.split("-") * 2)[:2])
-            assert last - first + 1 == int(count)
-            scheduled.extend(range(first, last + 1))
-    assert sorted(scheduled) == [1, 2, 3, 4, 5, 6]
+    budget = cb.budget
+    assert [(m.step, m.trigger) for m in cb.measurements] == [(0, "start")] and not cb.failures
+    assert budget.deferred == 6 and budget.merged == 0
+    assert budget.pending == [(s, "every_n_steps") for s in range(1, 7)]
     notices = [m for m in messages if "is deferred" in m]
     summaries = [m for m in messages if "were deferred" in m]
     assert len(notices) == 1 and "max_overhead=0.001" in notices[0] and "max_overhead=None" in notices[0]
-    assert len(summaries) == 1 and f"{budget.deferred} scheduled measurement(s) were deferred" in summaries[0]
-    if budget.merged:
-        assert f"{budget.merged} fewer measurements were taken than scheduled" in summaries[0]
+    assert len(summaries) == 1 and "6 scheduled measurement(s) were deferred" in summaries[0]
+    assert "6 still waiting at the end of training were not taken" in summaries[0]
     header, *rows = (log_dir / "metrics.csv").read_text().splitlines()
     columns = header.split(",")
     assert {"stiffness/cost/share", "stiffness/cost/deferred", "stiffness/cost/merged"} <= set(columns)
     last = [r.split(",") for r in rows if r.split(",")[columns.index("stiffness/cost/deferred")]][-1]
     share = float(last[columns.index("stiffness/cost/share")])
     assert 0 < share < 1 and math.isfinite(share)
-    assert float(last[columns.index("stiffness/cost/deferred")]) == budget.deferred
+
+
+class _RelaxedAtTheEnd(StiffnessCallback):
+    """A budget that allows nothing during training and everything at its end."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.budget.max_overhead = 0.99
+        super().on_train_end(trainer, pl_module)
+
+
+def test_waiting_measurements_are_taken_together_at_the_end_when_the_budget_allows(tmp_path: Path) -> None:
+    cb, messages, _ = _fit(tmp_path, 6, callback_class=_RelaxedAtTheEnd, max_overhead=0.001)
+    budget = cb.budget
+    assert [(m.step, m.trigger) for m in cb.measurements] == [(0, "start"), (6, "every_n_steps(6 deferred from 1-6)")]
+    assert budget.pending == [] and budget.deferred == 6 and budget.merged == 5
+    (summary,) = [m for m in messages if "were deferred" in m]
+    assert "5 fewer measurements were taken than scheduled" in summary and "not taken" not in summary
 
 
 def test_no_budget_measures_every_scheduled_step(tmp_path: Path) -> None:
@@ -74,8 +75,8 @@ def test_no_budget_measures_every_scheduled_step(tmp_path: Path) -> None:
     assert [(m.step, m.trigger) for m in cb.measurements] == [(0, "start")] + [
         (s, "every_n_steps") for s in (1, 2, 3, 4)
     ]
-    assert cb._budget.deferred == 0 and not [m for m in messages if "deferred" in m]
-    assert cb._budget.spent > 0  # still counted: cost/share is logged
+    assert cb.budget.deferred == 0 and not [m for m in messages if "deferred" in m]
+    assert cb.budget.spent > 0  # still counted: cost/share is logged
 
 
 def test_save_matrices_none_writes_small_files_without_matrices(tmp_path: Path) -> None:

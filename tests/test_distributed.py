@@ -172,7 +172,8 @@ def test_partition_edge_cases(world: int) -> None:
 def test_time_budget_under_ddp_defers_the_same_measurements_on_every_rank(tmp_path: Path) -> None:
     """``max_overhead`` far below what a measurement costs: rank 0 defers every scheduled
     measurement and broadcasts its decisions; both ranks take part in the same Grams (no hang), keep
-    the same queue, and the waiting ones are taken together at the end of training."""
+    the same queue, and the waiting ones are taken together at the end of training, where only
+    rank 0's budget allows it (the other rank follows)."""
     import json
 
     _run_worker("ddp-budget", tmp_path, timeout=240)

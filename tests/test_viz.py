@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from lightning_stiffness.viz import colorize, matplotlib_colormap, value_rgb
 
@@ -210,6 +212,74 @@ def test_log_images_to_tensorboard_keeps_the_start_under_its_own_tag(tmp_path: P
     for tag in ("stiffness/class_matrix/sign", "stiffness/matrix_by_class/cos", "stiffness/distance/input"):
         assert steps[tag] == [0, 7], tag
         assert steps[f"{tag}/start"] == [0], f"{tag}: the first measurement also has its own tag"
+
+
+def test_tensorboard_images_decode_to_the_rendered_pixels(tmp_path: Path) -> None:
+    """The images written to the event file (encoded once, low zlib level) decode to exactly the
+    rendered pixels, with their height and width; a writer that is not torch's (tensorboardX) gets
+    add_image and add_histogram_raw."""
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_stiffness.log import _write_tensorboard
+    from lightning_stiffness.viz.images import measurement_images
+
+    images = measurement_images(_measurement(), class_names=NAMES)
+    images["copy/under/another/tag"] = images["stiffness/class_matrix/sign"]
+    writer = SummaryWriter(str(tmp_path))
+    _write_tensorboard(writer, images, {}, 3)
+    writer.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    assert sorted(acc.Tags()["images"]) == sorted(images)
+    for tag, image in images.items():
+        (event,) = acc.Images(tag)
+        assert (event.step, event.height, event.width) == (3, image.shape[1], image.shape[2])
+        decoded = torch.from_numpy(np.array(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")))
+        assert torch.equal(decoded.permute(2, 0, 1), image), tag
+
+    class OtherWriter:  # e.g. tensorboardX: only its own methods are used
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int, object]] = []
+
+        def add_image(self, tag: str, image: Tensor, global_step: int, dataformats: str) -> None:
+            self.calls.append((tag, global_step, dataformats))
+
+        def add_histogram_raw(self, tag: str, global_step: int, **histogram: object) -> None:
+            self.calls.append((tag, global_step, histogram["num"]))
+
+    other = OtherWriter()
+    _write_tensorboard(other, images, {"h": torch.tensor([0.5, float("nan")]), "empty": torch.tensor([])}, 5)
+    assert other.calls == [*((tag, 5, "CHW") for tag in images), ("h", 5, 1)]
+
+
+def test_cosine_histogram_counts_every_finite_value(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_stiffness.log import HISTOGRAM_BUCKETS, _write_tensorboard
+
+    uniform = torch.rand(997, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    values = torch.cat([uniform, torch.tensor([1.0000001, -1.0, float("nan")])])
+    writer = SummaryWriter(str(tmp_path))
+    _write_tensorboard(writer, {}, {"h": values, "no finite value": torch.tensor([float("nan")])}, 4)
+    writer.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    acc.Reload()
+    assert acc.Tags()["histograms"] == ["h"]
+    (event,) = acc.Histograms("h")
+    h = event.histogram_value
+    finite = values[torch.isfinite(values)].double()
+    assert event.step == 4 and h.num == 999 and len(h.bucket) == HISTOGRAM_BUCKETS
+    assert h.min == pytest.approx(float(finite.min())) and h.max == pytest.approx(float(finite.max()))
+    assert h.sum == pytest.approx(float(finite.sum()))
+    assert h.sum_squares == pytest.approx(float((finite * finite).sum()))
+    expected, _ = np.histogram(finite.clamp(-1, 1).numpy(), bins=HISTOGRAM_BUCKETS, range=(-1, 1))
+    assert list(h.bucket) == pytest.approx(expected.tolist())
+    assert list(h.bucket_limit) == pytest.approx(np.linspace(-1, 1, HISTOGRAM_BUCKETS + 1)[1:].tolist())
 
 
 @pytest.mark.slow

@@ -149,8 +149,12 @@ def _name(c: int, class_names: Sequence[str] | None) -> str:
     return shorten(str(class_names[c])) if class_names is not None and c < len(class_names) else str(c)
 
 
+@lru_cache(maxsize=1024)
 def _text_mask(text: str, font: Any, vertical: bool) -> Any:
-    """A greyscale ("L") image of ``text``, white on black, turned 90° left when ``vertical``."""
+    """A greyscale ("L") image of ``text``, white on black, turned 90° left when ``vertical``.
+
+    Cached: every measurement draws the same titles, labels and tick texts, and drawing text is
+    most of a heatmap's cost. Callers only paste the mask, never change it."""
     from PIL import Image, ImageDraw
 
     left, top, right, bottom = font.getbbox(text)

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,6 +157,43 @@ def test_forced_layer_strategy_keeps_auto_on_the_kernel(
 )
 def test_threads_for_load(current: int, cores: int, load: float, expected: int) -> None:
     assert threads_for_load(current, cores, load) == expected
+
+
+@pytest.mark.parametrize(
+    ("load", "others_now", "expected"),
+    [
+        (4.0, 0.0, 2),  # the load average still counts a job that just ended; nothing runs now
+        (4.0, 2.0, 1),  # both see other work
+        (2.0, 1.0, 1),  # a job that just started: not in the load average yet
+        (4.0, None, 1),  # no instantaneous count (not Linux): the load average decides
+    ],
+)
+def test_the_instantaneous_count_corrects_a_lagging_load_average(
+    load: float, others_now: float | None, expected: int
+) -> None:
+    assert threads_for_load(2, 2, load, others_now) == expected
+
+
+def test_others_running_reads_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_stiffness.gram import threads
+
+    assert threads.parse_runnable("0.52 0.61 0.70 3/812 12345\n") == 3
+    readings = itertools.cycle([5, 2, 4])
+    monkeypatch.setattr(threads, "_runnable_total", lambda: next(readings))
+    monkeypatch.setattr(threads, "_own_running", lambda: 1)
+    assert threads.others_running(samples=3, interval=0.0) == 3.0  # median of 4, 1, 3
+    monkeypatch.setattr(threads, "_own_running", lambda: None)
+    assert threads.others_running(samples=3, interval=0.0) is None
+
+
+def test_own_running_counts_this_thread() -> None:
+    from lightning_stiffness.gram import threads
+
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs Linux /proc")
+    own, total = threads._own_running(), threads._runnable_total()
+    assert own is not None and own >= 1  # the thread reading it is running
+    assert total is not None and total >= 1
 
 
 def test_limited_threads_restores_the_setting_also_on_error() -> None:

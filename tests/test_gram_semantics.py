@@ -430,3 +430,39 @@ def test_inplace_relu_after_linear_and_conv_is_exact(layer_path: str) -> None:
     assert result.paths["0.weight"] == layer_path
     assert result.paths["3.weight"] == layer_path
     assert rel_err(result.gram, independent_gram(model, x, y)) <= 1e-10
+
+
+def test_an_overwritten_output_is_seen_and_remembered_and_the_rest_differentiate_outputs() -> None:
+    """Outputs are differentiated directly unless a later op overwrites them in place (here an
+    in-place ReLU and a loss that scales the logits in place): the capture sees the overwrite by
+    the version counter, repeats itself once with zero tensors on those modules, and remembers
+    them, so later calls capture once; every Gram stays exact."""
+    from lightning_stiffness.gram import capture
+
+    def scaling_loss(out: Tensor, y: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(out.mul_(2.0), y, reduction="none")
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.randn(7, 4), torch.arange(7) % 3
+    reference = independent_gram(double_model(model), x.double(), y, loss_fn=scaling_loss)
+    captures = []
+    original = capture.capture_calls
+
+    def counting(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        captures.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    import lightning_stiffness.gram.hooks as hooks_module
+
+    hooks_module.capture_calls = counting  # type: ignore[assignment]
+    try:
+        first = per_example_gram(model, x, y, method="hooks", loss_fn=scaling_loss)
+        assert len(captures) == 2, "the overwrite is found after the first capture, which is repeated once"
+        second = per_example_gram(model, x, y, method="hooks", loss_fn=scaling_loss)
+        assert len(captures) == 3, "remembered: one capture per later call"
+    finally:
+        hooks_module.capture_calls = original  # type: ignore[assignment]
+    assert model[0] in capture.OUTPUT_OVERWRITTEN and model[4] in capture.OUTPUT_OVERWRITTEN
+    assert model[2] not in capture.OUTPUT_OVERWRITTEN  # Tanh is out of place
+    assert rel_err(first, reference) <= 1e-5 and rel_err(second, reference) <= 1e-5

@@ -110,7 +110,7 @@ def build_cases(device: torch.device, full: bool) -> list[tuple[str, CaseFactory
         ("cnn", lambda: (small_cnn_case(256, device), 256, True)),
         ("cnn-wide", lambda: (small_cnn_case(256, device, (64, 128, 256)), 256, True)),
         ("resnet18", lambda: (resnet18_case(n_resnet, device), n_resnet, True)),
-        ("tiny-bert", lambda: (bert_case(64, device, base=False, seq_len=32), 64, False)),
+        ("tiny-bert", lambda: (bert_case(64, device, base=False, seq_len=32), 64, True)),
     ]
     if full:
         cases.append(("mlp-8192", lambda: (mlp_case(8192, device, 2048), 8192, False)))

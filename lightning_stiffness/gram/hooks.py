@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_stiffness.gram.capture import (
+    OUTPUT_OVERWRITTEN,
     CallShapes,
     CaptureRecord,
     GraphKey,
@@ -97,6 +98,32 @@ def add_rows_gram(acc: GramAccumulator, params: dict[str, nn.Parameter], rows: R
     add_row_gram(acc.gram, rows, bytes_per_row, memory_budget, column_blocks=targets)
 
 
+def _capture(
+    model: nn.Module,
+    hooked: dict[str, nn.Module],
+    attributes: Mapping[str, set[str]],
+    whole_call: dict[str, Any],
+    raw_candidates: dict[str, nn.Parameter],
+    batch: ExampleBatch,
+    loss_fn: LossFn | None,
+) -> tuple[CaptureRecord, RawCapture, Any, Tensor]:
+    """The capture forward and the per-example losses. When a later op overwrote a hooked output
+    in place (:meth:`CaptureRecord.overwritten`), those modules are remembered in
+    :data:`OUTPUT_OVERWRITTEN` and the capture runs once more, adding zero tensors there."""
+    for _ in range(2):
+        with (
+            capture_calls(hooked, batch.n, attributes, whole_call) as record,
+            capture_raw_parameters(raw_candidates, batch.n) as raw,
+        ):
+            outputs = call_model(model, batch.inputs)
+        losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
+        overwritten = record.overwritten()
+        if not overwritten:
+            return record, raw, outputs, losses
+        OUTPUT_OVERWRITTEN.update(hooked[name] for name in overwritten)
+    raise RuntimeError(f"per_example_gram: outputs of {overwritten} still overwritten in place with zeros added")
+
+
 def hooks_gram(
     model: nn.Module,
     params: dict[str, nn.Parameter],
@@ -117,12 +144,7 @@ def hooks_gram(
             attributes[m].add(attr)
     raw_candidates = {k: p for k, p in params.items() if _outside_rules(owners[k], hooked)}
     whole_call = {name: rule.call_problem for name, m in hooked.items() if (rule := find_rule(m)) and rule.whole_call}
-    with (
-        capture_calls(hooked, batch.n, attributes, whole_call) as record,
-        capture_raw_parameters(raw_candidates, batch.n) as raw,
-    ):
-        outputs = call_model(model, batch.inputs)
-    losses = per_example_losses(loss_fn, outputs, batch.targets, batch.n)
+    record, raw, outputs, losses = _capture(model, hooked, attributes, whole_call, raw_candidates, batch, loss_fn)
     uses = count_parameter_uses(losses.sum())
 
     covered, fallback, direct = _coverage(params, owners, modules, hooked, record, uses, raw, raw_candidates)

@@ -9,14 +9,22 @@ microseconds. On a shared 2-core machine at a load average of 6-7 the MLP benchm
 
 :func:`gram_threads` picks the thread count for one Gram call from the machine's load::
 
-    others  = load_1min - threads_now      (our own threads are part of the load average)
+    others  = runnable_now - our_running      (median of a few samples, see below)
+              or, where /proc cannot tell, load_1min - threads_now
     free    = cores - others
     threads = clamp(floor(free), 1, threads_now)
 
 so an idle machine keeps the user's setting and a machine whose cores other processes hold
-drops to one thread. ``LIGHTNING_STIFFNESS_GRAM_THREADS=<k>`` overrides the choice (``0``: keep
-the user's setting). :func:`limited_threads` applies a count inside a block and restores
-``torch.get_num_threads()`` afterwards, also on error. The setting is per process, so each DDP
+drops to one thread. ``runnable_now`` is the instantaneous count of runnable tasks
+(``/proc/loadavg``'s fourth field) and ``our_running`` this process's threads in state R
+(``/proc/self/task/*/stat``), the median of :data:`RUNNABLE_SAMPLES` samples half a millisecond
+apart. The 1-minute load average, used alone before, lags a minute behind: right after another
+job ended it still counted that job (the MLP benchmark ran on one thread, at 16x instead of 113x
+the recipe, just after the test suite), and a job that has just started is not in it yet.
+
+``LIGHTNING_STIFFNESS_GRAM_THREADS=<k>`` overrides the choice (``0``: keep the user's setting).
+:func:`limited_threads` applies a count inside a block and restores ``torch.get_num_threads()``
+afterwards, also on error. The setting is per process, so each DDP
 rank chooses for itself; nothing collective depends on it.
 """
 
@@ -24,6 +32,8 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,10 +45,15 @@ __all__: list[str] = []  # internal to the package: no public names
 THREADS_ENV = "LIGHTNING_STIFFNESS_GRAM_THREADS"
 
 
-def threads_for_load(current: int, cores: int, load_1min: float) -> int:
+#: Samples of the runnable-task count behind one thread decision (half a millisecond apart).
+RUNNABLE_SAMPLES = 3
+
+
+def threads_for_load(current: int, cores: int, load_1min: float, others_now: float | None = None) -> int:
     """Threads to use when ``load_1min`` runnable tasks (ours included, ``current`` of them)
-    share ``cores`` cores: the cores the other tasks leave free, at least 1, at most ``current``."""
-    others = max(0.0, load_1min - current)
+    share ``cores`` cores, or, when known, ``others_now`` tasks of other processes are runnable at
+    this moment: the cores the other tasks leave free, at least 1, at most ``current``."""
+    others = max(0.0, load_1min - current) if others_now is None else max(0.0, others_now)
     free = cores - others
     return max(1, min(current, math.floor(free)))
 
@@ -53,9 +68,9 @@ def gram_threads(device: torch.device) -> int:
         except ValueError as err:
             raise ValueError(f"{THREADS_ENV} must be an integer (0 = keep torch's setting), got {override!r}") from err
         return current if value <= 0 else value
-    if device.type != "cpu":
-        return current  # the GPU does the work; host threads only launch kernels
-    return threads_for_load(current, _cores(), _load_1min())
+    if device.type != "cpu" or current <= 1:
+        return current  # the GPU does the work (host threads only launch kernels), or nothing to drop
+    return threads_for_load(current, _cores(), _load_1min(), others_running())
 
 
 @contextmanager
@@ -85,3 +100,51 @@ def _load_1min() -> float:
         return os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this platform: assume no other load
         return 0.0
+
+
+def others_running(samples: int = RUNNABLE_SAMPLES, interval: float = 0.0005) -> float | None:
+    """Runnable tasks of other processes right now: the median over ``samples`` readings of the
+    system's runnable count less this process's running threads. None where ``/proc`` cannot
+    tell (not Linux)."""
+    readings = []
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        total, own = _runnable_total(), _own_running()
+        if total is None or own is None:
+            return None
+        readings.append(max(0, total - own))
+    return float(statistics.median(readings))
+
+
+def _runnable_total() -> int | None:
+    """Runnable scheduling entities in the system (``/proc/loadavg``: ``"0.5 0.4 0.3 3/81 1234"``)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return parse_runnable(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def parse_runnable(loadavg: str) -> int:
+    """The runnable count of a ``/proc/loadavg`` line (its fourth field, before the slash)."""
+    return int(loadavg.split()[3].split("/")[0])
+
+
+def _own_running() -> int | None:
+    """Threads of this process in state R (running or runnable), the reading thread included."""
+    running = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ")"
+        if stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R":
+            running += 1
+    return running

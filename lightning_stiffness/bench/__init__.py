@@ -13,8 +13,10 @@ time and peak extra memory of
 * ``step``    — one ordinary training step (forward + backward of the mean loss) on the same N,
 
 with speed-up ratios ``recipe / method`` and the relative error of each Gram against the
-recipe's. Memory is the CUDA allocator's peak on a GPU and the sampled peak RSS growth on a
-CPU (coarser). Timings are medians of ``--repeats`` runs after one warm-up.
+recipe's (against ``vmap`` where the recipe cannot run, e.g. a Hugging Face model whose mask
+checks break under ``vmap``). Memory is the CUDA allocator's peak on a GPU and the sampled peak
+RSS growth on a CPU (coarser), from one extra call of each method. Timings are medians of
+``--repeats`` rounds after one warm-up, every round running every method in turn.
 """
 
 from __future__ import annotations

@@ -162,9 +162,12 @@ def run_case(case: BenchCase, device: torch.device, repeats: int, with_recipe: b
 def measure_interleaved(
     methods: dict[str, Callable[[], Tensor | None]], device: torch.device, repeats: int, skip: dict[str, str]
 ) -> dict[str, Timing | str]:
-    """Each method once as a warm-up, then ``repeats`` rounds that run every method in turn; per
-    method the median time and the largest peak. Interleaving gives every method the same share
-    of a machine whose load drifts, so the ratios between methods hold even when the times move."""
+    """Each method once as a warm-up, then ``repeats`` rounds that run every method in turn (per
+    method the median time), then one more call of each under :func:`peak_memory` (its peak).
+    Interleaving gives every method the same share of a machine whose load drifts, so the ratios
+    between methods hold even when the times move; timing apart from the memory sampling keeps
+    the sampler's thread, which takes the GIL every 2 ms, from slowing the methods that run many
+    small operations more than the others."""
     results: dict[str, Timing | str] = {}
     live: dict[str, Callable[[], Tensor | None]] = {}
     for name, fn in methods.items():
@@ -180,17 +183,24 @@ def measure_interleaved(
     for _ in range(repeats):
         for name, fn in list(live.items()):
             try:
-                with peak_memory(device) as peak:
-                    _sync(device)
-                    start = time.perf_counter()
-                    grams[name] = fn()
-                    _sync(device)
-                    times[name].append(time.perf_counter() - start)
-                peaks[name].append(peak[0])
+                _sync(device)
+                start = time.perf_counter()
+                grams[name] = fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
             except (torch.OutOfMemoryError, RuntimeError) as err:
                 results[name] = _failure(err)
                 del live[name]
             _free(device)
+    for name, fn in list(live.items()):
+        try:
+            with peak_memory(device) as peak:
+                fn()
+            peaks[name].append(peak[0])
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            results[name] = _failure(err)
+            del live[name]
+        _free(device)
     for name in live:
         results[name] = Timing(statistics.median(times[name]), max(peaks[name]), grams[name])
     return {name: results[name] for name in methods if name in results}

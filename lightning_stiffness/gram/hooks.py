@@ -160,7 +160,10 @@ def hooks_gram(
     # The shape trace runs after the backward: FSDP2 plans its backward prefetches from the order
     # of the forwards before it, and ranks whose backward stops at different layers must agree.
     other = other_batch(batch)
-    if other is not None:
+    pending = any(c.axis is None for calls in record.calls.values() for c in calls)
+    # sharded models trace always: whether an axis is pending can differ between ranks, and the
+    # trace's forward runs collectives that every rank must join
+    if other is not None and (pending or is_sharded(model, params.values())):
         movable = {name: getattr(find_rule(m), "example_axis_movable", False) for name, m in hooked.items()}
         resolve_example_axes(record, trace_shapes(model, hooked, other), batch.n, other.n, movable)
     # calls whose example axis is unknown now send their parameters to the fallback

@@ -17,9 +17,9 @@ microseconds. On a shared 2-core machine at a load average of 6-7 the MLP benchm
 so an idle machine keeps the user's setting and a machine whose cores other processes hold
 drops to one thread. ``runnable_now`` is the instantaneous count of runnable tasks
 (``/proc/loadavg``'s fourth field) and ``our_running`` this process's threads in state R
-(``/proc/self/task/*/stat``), the median of :data:`RUNNABLE_SAMPLES` samples half a millisecond
-apart. The 1-minute load average, used alone before, lags a minute behind: right after another
-job ended it still counted that job (the MLP benchmark ran on one thread, at 16x instead of 113x
+(``/proc/self/task/*/stat``), the median of :data:`RUNNABLE_SAMPLES` samples 0.2 ms apart.
+The 1-minute load average, used alone before, lags a minute behind: right after another job
+ended it still counted that job (the MLP benchmark ran on one thread, at 16x instead of 113x
 the recipe, just after the test suite), and a job that has just started is not in it yet.
 
 ``LIGHTNING_STIFFNESS_GRAM_THREADS=<k>`` overrides the choice (``0``: keep the user's setting).
@@ -45,7 +45,7 @@ __all__: list[str] = []  # internal to the package: no public names
 THREADS_ENV = "LIGHTNING_STIFFNESS_GRAM_THREADS"
 
 
-#: Samples of the runnable-task count behind one thread decision (half a millisecond apart).
+#: Samples of the runnable-task count behind one thread decision (0.2 ms apart).
 RUNNABLE_SAMPLES = 3
 
 
@@ -102,7 +102,7 @@ def _load_1min() -> float:
         return 0.0
 
 
-def others_running(samples: int = RUNNABLE_SAMPLES, interval: float = 0.0005) -> float | None:
+def others_running(samples: int = RUNNABLE_SAMPLES, interval: float = 0.0002) -> float | None:
     """Runnable tasks of other processes right now: the median over ``samples`` readings of the
     system's runnable count less this process's running threads. None where ``/proc`` cannot
     tell (not Linux)."""

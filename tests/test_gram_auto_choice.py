@@ -182,6 +182,10 @@ def test_others_running_reads_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threads, "_runnable_total", lambda: next(readings))
     monkeypatch.setattr(threads, "_own_running", lambda: 1)
     assert threads.others_running(samples=3, interval=0.0) == 3.0  # median of 4, 1, 3
+    own = itertools.cycle([1, 2])  # one of our threads starts running during a reading
+    monkeypatch.setattr(threads, "_own_running", lambda: next(own))
+    readings = itertools.cycle([3])
+    assert threads.others_running(samples=3, interval=0.0) == 1.0  # 3 less the larger count of ours
     monkeypatch.setattr(threads, "_own_running", lambda: None)
     assert threads.others_running(samples=3, interval=0.0) is None
 

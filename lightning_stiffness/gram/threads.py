@@ -110,10 +110,12 @@ def others_running(samples: int = RUNNABLE_SAMPLES, interval: float = 0.0002) ->
     for i in range(samples):
         if i:
             time.sleep(interval)
-        total, own = _runnable_total(), _own_running()
-        if total is None or own is None:
+        # our threads counted before and after the system's count: one of ours that stops or
+        # starts running in between is not taken for another process
+        before, total, after = _own_running(), _runnable_total(), _own_running()
+        if total is None or before is None or after is None:
             return None
-        readings.append(max(0, total - own))
+        readings.append(max(0, total - max(before, after)))
     return float(statistics.median(readings))
 
 

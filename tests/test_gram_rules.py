@@ -7,6 +7,7 @@ materialise — must equal the float64 per-example loop to 1e-9.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -184,6 +185,28 @@ def test_conv_patches_match_torch_unfold_in_2d() -> None:
     x = torch.randn(2, 3, 9, 8)
     expected = F.unfold(x, (3, 2), dilation=(1, 2), padding=(1, 2), stride=(2, 1)).transpose(1, 2)
     assert torch.equal(unfold_patches(x, layer), expected)
+
+
+@SETTINGS
+@given(cfg=conv_configs(), per_group=st.integers(8, 9), seed=st.integers(0, 2**16))
+def test_conv_outer_sum_equals_the_unfolded_patches(cfg: dict, per_group: int, seed: int) -> None:
+    """The per-example weight gradients from one grouped convolution backward (no patches built)
+    equal Σ_t b_t ⊗ a_t from the unfolded patches, for every stride, dilation, padding and group."""
+    from lightning_stiffness.gram.rules.conv import GROUPED_BACKWARD_MIN_CHANNELS, ConvPatches
+
+    torch.manual_seed(seed)
+    assert per_group >= GROUPED_BACKWARD_MIN_CHANNELS
+    groups = cfg["groups"] if cfg["groups"] in (1, 2) else 1
+    layer, x = conv_and_input({**cfg, "groups": groups, "c_in": groups * per_group, "c_out": groups * cfg["c_out"]})
+    factor = ConvPatches(x, layer)
+    out = layer(x)
+    assert factor.positions == math.prod(out.shape[2:]) and factor.groups == groups
+    left = torch.randn(x.shape[0], factor.positions, groups, cfg["c_out"], dtype=torch.float64)
+    expected = torch.einsum("ntga,ntgb->ngab", left, factor.values)
+    got = factor.outer_sum(left)
+    assert got is not None and got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-10, rtol=0)
+    assert ConvPatches(x[:, :1].expand(-1, 1, *x.shape[2:]).contiguous(), nn.Conv2d(1, 1, 1)).outer_sum(left) is None
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular", "replicate"])

@@ -18,11 +18,12 @@ Both routes are exact; :mod:`lightning_stiffness.gram.cost` decides which one is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["DenseFactor", "Factor", "IndexFactor", "KroneckerTerm"]
+__all__ = ["DenseFactor", "Factor", "IndexFactor", "KroneckerTerm", "LazyFactor"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class DenseFactor:
     @property
     def width(self) -> int:
         return int(self.values.shape[3])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.values.shape[0])
 
     def rows(self, start: int, stop: int) -> DenseFactor:
         return DenseFactor(self.values[start:stop])
@@ -66,11 +71,44 @@ class IndexFactor:
     def width(self) -> int:
         return self.size
 
+    @property
+    def num_rows(self) -> int:
+        return int(self.indices.shape[0])
+
     def rows(self, start: int, stop: int) -> IndexFactor:
         return IndexFactor(self.indices[start:stop], self.size)
 
 
-Factor = DenseFactor | IndexFactor
+class LazyFactor(Protocol):
+    """A dense factor whose ``values`` ``(N, T, G, k)`` are built only when needed, and which can
+    sum its outer products with a dense left factor without them (``outer_sum``): convolution
+    patches (:class:`~lightning_stiffness.gram.rules.conv.ConvPatches`), which take nine times
+    the input's memory to build for a 3x3 kernel."""
+
+    @property
+    def values(self) -> Tensor: ...
+
+    @property
+    def positions(self) -> int: ...
+
+    @property
+    def groups(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def num_rows(self) -> int: ...
+
+    def rows(self, start: int, stop: int) -> LazyFactor: ...
+
+    def outer_sum(self, left: Tensor) -> Tensor | None:
+        """``Σ_t left_nt ⊗ self_nt`` as ``(n, G, a, k)`` for dense ``left`` ``(n, T, G, a)``, or
+        None where this factor has no faster way than its values."""
+        ...
+
+
+Factor = DenseFactor | IndexFactor | LazyFactor
 
 
 @dataclass(frozen=True)
@@ -134,6 +172,11 @@ def _materialize_term(term: KroneckerTerm, dtype: torch.dtype) -> Tensor:
     left, right = term.left, term.right
     if isinstance(right, IndexFactor):
         raise ValueError("index factors are only supported on the left (row) side")
+    # not isinstance(right, LazyFactor): a runtime protocol check reads every member, ``values`` too
+    if not isinstance(right, DenseFactor) and isinstance(left, DenseFactor):
+        summed = right.outer_sum(left.values.to(dtype))
+        if summed is not None:
+            return summed.to(dtype).reshape(right.num_rows, -1)
     rv = right.values.to(dtype)
     n = rv.shape[0]
     if isinstance(left, IndexFactor):
@@ -147,4 +190,4 @@ def _materialize_term(term: KroneckerTerm, dtype: torch.dtype) -> Tensor:
 
 
 def _num_rows(f: Factor) -> int:
-    return int(f.values.shape[0]) if isinstance(f, DenseFactor) else int(f.indices.shape[0])
+    return f.num_rows

@@ -1,8 +1,10 @@
 """``nn.Conv1d/2d/3d``: stride, padding (all modes, ``"same"``), dilation, groups, depthwise.
 
-The input is unfolded into patches ``a_nt ∈ R^{C_in/G · k}`` at every output position ``t``;
-then each group is a Linear layer over positions: ``∂ℓ_n/∂W_g = Σ_t b_ntg ⊗ a_ntg`` and
-``∂ℓ_n/∂c = Σ_t b_nt``.
+With the input's patches ``a_nt ∈ R^{C_in/G · k}`` at every output position ``t``, each group is
+a Linear layer over positions: ``∂ℓ_n/∂W_g = Σ_t b_ntg ⊗ a_ntg`` and ``∂ℓ_n/∂c = Σ_t b_nt``.
+The patches are a lazy factor (:class:`ConvPatches`): the kernel trick unfolds them; materialising
+the per-example weight gradients takes one grouped convolution backward instead (from
+:data:`GROUPED_BACKWARD_MIN_CHANNELS` input channels per group).
 """
 
 from __future__ import annotations

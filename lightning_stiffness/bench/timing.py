@@ -125,17 +125,31 @@ def _rss_pages() -> int:
 
 
 def measure(fn: Callable[[], Tensor | None], device: torch.device, repeats: int) -> Timing:
+    """One method alone: a warm-up, the median of ``repeats`` timed calls, the peak of one more
+    call under :func:`peak_memory` (kept apart from the timing, see :func:`measure_interleaved`).
+    Raises what ``fn`` raises."""
     fn()  # warm-up
-    times, peaks, out = [], [], None
+    out, times = None, []
     for _ in range(repeats):
-        with peak_memory(device) as peak:
-            _sync(device)
-            start = time.perf_counter()
-            out = fn()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-        peaks.append(peak[0])
-    return Timing(statistics.median(times), max(peaks), out)
+        out, seconds = _timed(fn, device)
+        times.append(seconds)
+    return Timing(statistics.median(times), _peak(fn, device), out)
+
+
+def _timed(fn: Callable[[], Tensor | None], device: torch.device) -> tuple[Tensor | None, float]:
+    """``fn()`` and its wall-clock seconds (the device synchronised before and after)."""
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def _peak(fn: Callable[[], Tensor | None], device: torch.device) -> float:
+    """Peak extra bytes of one call of ``fn``."""
+    with peak_memory(device) as peak:
+        fn()
+    return peak[0]
 
 
 def _sync(device: torch.device) -> None:
@@ -178,31 +192,22 @@ def measure_interleaved(
         else:
             live[name] = fn
     times: dict[str, list[float]] = {name: [] for name in live}
-    peaks: dict[str, list[float]] = {name: [] for name in live}
     grams: dict[str, Tensor | None] = {}
     for _ in range(repeats):
         for name, fn in list(live.items()):
             try:
-                _sync(device)
-                start = time.perf_counter()
-                grams[name] = fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - start)
+                grams[name], seconds = _timed(fn, device)
+                times[name].append(seconds)
             except (torch.OutOfMemoryError, RuntimeError) as err:
                 results[name] = _failure(err)
                 del live[name]
             _free(device)
     for name, fn in list(live.items()):
         try:
-            with peak_memory(device) as peak:
-                fn()
-            peaks[name].append(peak[0])
+            results[name] = Timing(statistics.median(times[name]), _peak(fn, device), grams[name])
         except (torch.OutOfMemoryError, RuntimeError) as err:
             results[name] = _failure(err)
-            del live[name]
         _free(device)
-    for name in live:
-        results[name] = Timing(statistics.median(times[name]), max(peaks[name]), grams[name])
     return {name: results[name] for name in methods if name in results}
 
 

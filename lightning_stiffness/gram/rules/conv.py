@@ -10,6 +10,7 @@ the per-example weight gradients takes one grouped convolution backward instead 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -23,6 +24,27 @@ from lightning_stiffness.gram.rules.base import LayerRule, PerExampleGrad, regis
 __all__ = ["ConvPatches", "ConvRule"]
 
 
+def padded_input(x: Tensor, conv: nn.modules.conv._ConvNd) -> Tensor:
+    """``x`` padded as ``conv`` pads it (its padding mode; ``"same"`` possibly asymmetric)."""
+    pad = list(conv._reversed_padding_repeated_twice)
+    if not any(pad):
+        return x
+    return F.pad(x, pad, mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
+
+
+def padded_size(size: Sequence[int], conv: nn.modules.conv._ConvNd) -> list[int]:
+    """The spatial size of an input of spatial size ``size`` after :func:`padded_input`."""
+    pad = conv._reversed_padding_repeated_twice  # last dimension first, (before, after)
+    last = len(size) - 1
+    return [int(s) + pad[2 * (last - d)] + pad[2 * (last - d) + 1] for d, s in enumerate(size)]
+
+
+def output_size(padded: Sequence[int], conv: nn.modules.conv._ConvNd) -> list[int]:
+    """The spatial size of ``conv``'s output for a padded input of spatial size ``padded``."""
+    kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
+    return [(size - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d, size in enumerate(padded)]
+
+
 def unfold_patches(x: Tensor, conv: nn.modules.conv._ConvNd) -> Tensor:
     """Patches of ``x`` as ``(N, T, C_in·k_1·…·k_d)``, in the layout of ``weight.flatten(1)``.
 
@@ -32,13 +54,10 @@ def unfold_patches(x: Tensor, conv: nn.modules.conv._ConvNd) -> Tensor:
     CPU faster than ``F.unfold``'s im2col kernel (docs/performance.md).
     """
     spatial = x.dim() - 2
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    pad = list(conv._reversed_padding_repeated_twice)
-    if any(pad):
-        x = F.pad(x, pad, mode=mode)
+    x = padded_input(x, conv)
     kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
     n, channels, *size = x.shape
-    out = [(size[d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d in range(spatial)]
+    out = output_size(size, conv)
     strides = x.stride()
     window = x.as_strided(
         (n, channels, *kernel, *out),
@@ -79,21 +98,8 @@ class ConvPatches:
         return patches.reshape(patches.shape[0], patches.shape[1], self.conv.groups, -1)
 
     @property
-    def _padded_size(self) -> list[int]:
-        pad = self.conv._reversed_padding_repeated_twice  # last dimension first, (before, after)
-        spatial = self.inp.dim() - 2
-        return [
-            int(self.inp.shape[2 + d]) + pad[2 * (spatial - 1 - d)] + pad[2 * (spatial - 1 - d) + 1]
-            for d in range(spatial)
-        ]
-
-    @property
     def _out(self) -> list[int]:
-        conv = self.conv
-        return [
-            (size - conv.dilation[d] * (conv.kernel_size[d] - 1) - 1) // conv.stride[d] + 1
-            for d, size in enumerate(self._padded_size)
-        ]
+        return output_size(padded_size(self.inp.shape[2:], self.conv), self.conv)
 
     @property
     def positions(self) -> int:
@@ -122,9 +128,7 @@ class ConvPatches:
         c_in = int(self.inp.shape[1])
         if c_in // groups < GROUPED_BACKWARD_MIN_CHANNELS or n == 0:
             return None
-        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-        pad = list(conv._reversed_padding_repeated_twice)
-        x = F.pad(self.inp, pad, mode=mode) if any(pad) else self.inp
+        x = padded_input(self.inp, conv)
         c_out = left.shape[2] * left.shape[3]
         grad_out = left.reshape(n, -1, c_out).transpose(1, 2).reshape(1, n * c_out, *self._out)
         spatial = x.dim() - 2
